@@ -1,0 +1,398 @@
+"""Coupled channel groups, discovered from the traced graph: which channels must be kept together.
+
+Every tensor with a channel axis (dim 1) carries a *channel space*. Ops that keep channel identity
+(BatchNorm, activations, pooling, depthwise convs, spatial slicing) pass their input's space on;
+elementwise ops (``add``, ``mul``) merge their operands' spaces, since both sides must drop the same
+indices; conv and linear layers start a new space for their outputs. ``pad`` on the channel axis and
+``cat`` are *remaps*: their output is a new space whose positions come from (a source space, an index)
+or are constant zero, so the two sides of a remap can be pruned independently and the remap is rebuilt
+as an index map (this is how the option-A zero-pad shortcut of CIFAR ResNets is handled exactly).
+
+A merged space is a :class:`ChannelGroup`. A group becomes a *decision* (one RL step) when a conv
+(or, optionally, a linear layer) produces it and nothing pins its width: the model input, the model
+output and any op the analysis does not understand freeze the groups they touch, and the reason is kept
+so that unsupported models fail loudly instead of being pruned wrongly.
+
+By default (``prune_residual=False``) the groups that carry the block-to-block stream are left whole:
+groups joined by an elementwise merge (residual adds) and linear bottlenecks (groups whose channels
+reach their consumers through no nonlinearity, as MobileNet-v2's projections). What remains are the
+block-internal widths: CIFAR ResNet conv1 outputs, MobileNet-v2 expansion widths, VGG conv outputs.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+
+class TraceError(RuntimeError):
+    """The model cannot be traced, or its channel coupling cannot be handled safely."""
+
+
+ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
+                      nn.LeakyReLU, nn.ELU, nn.Hardtanh, nn.Mish)
+PASS_MODULES = (nn.Dropout, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, F.hardswish, F.silu, F.gelu, torch.sigmoid,
+                        F.sigmoid, torch.tanh, F.leaky_relu, F.elu, F.mish, F.hardsigmoid}
+ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
+POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d}
+PASS_FUNCTIONS = POOL_FUNCTIONS | {F.dropout, torch.clone}
+PASS_METHODS = {"contiguous", "clone", "detach"}
+MERGE_FUNCTIONS = {operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, torch.add, torch.mul,
+                   torch.sub}
+MERGE_METHODS = {"add", "add_", "mul", "mul_", "sub"}
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
+RESHAPE_METHODS = {"flatten", "view", "reshape"}
+MEAN_FUNCTIONS = {torch.mean}
+MEAN_METHODS = {"mean"}
+
+
+@dataclass
+class Remap:
+    """A pad/cat node: output positions ``offset .. offset+width`` come from ``source``'s space."""
+
+    node: str
+    width: int
+    segments: list[tuple[str, int, int]]  # (source node, offset in the output, source width)
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that must be kept or dropped together, with the layers that produce and carry them."""
+
+    id: int
+    width: int
+    nodes: list[str] = field(default_factory=list)  # every node whose output carries the group's channels
+    producers: list[str] = field(default_factory=list)  # conv/linear nodes that create them
+    remaps: list[str] = field(default_factory=list)  # pad/cat nodes that write into them
+    frozen_by: list[str] = field(default_factory=list)  # why the width is pinned (input, output, unknown op)
+    merged: bool = False  # joined by an elementwise op (residual add, SE multiply)
+    activated: bool = False  # passes through a nonlinearity
+
+    @property
+    def derived(self) -> bool:
+        """Written only by remaps (e.g. a plain ``cat``): its positions follow from the sources' decisions."""
+        return not self.producers and len(self.remaps) == 1 and not self.frozen_by
+
+
+@dataclass
+class ChannelAnalysis:
+    """Result of :func:`analyse`: the traced module, per-node spaces and the groups."""
+
+    gm: fx.GraphModule
+    groups: list[ChannelGroup]
+    group_of: dict[str, int]  # node name → group id of its output's channel axis
+    flatten_factor: dict[str, int]  # node name → spatial positions per channel after a flatten (1 if none)
+    remaps: dict[str, Remap]
+    shapes: dict[str, tuple[int, ...]]
+    decisions: list[int]  # group ids, forward order
+
+    def group(self, node: str) -> ChannelGroup | None:
+        gid = self.group_of.get(node)
+        return None if gid is None else self.groups[gid]
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def new(self) -> int:
+        self.parent.append(len(self.parent))
+        return len(self.parent) - 1
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+        return min(ra, rb)
+
+
+def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    """Symbolic trace plus shape propagation, with an error that names the failing operation."""
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises TraceError, TypeError, AssertionError... depending on the op
+        raise TraceError(
+            f"torch.fx cannot trace {type(model).__name__}: {exc}. Data-dependent control flow is not supported; "
+            f"wrap the offending submodule as a leaf or rewrite it without Python branches on tensor values"
+        ) from exc
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example)
+    except Exception as exc:
+        raise TraceError(f"shape propagation through {type(model).__name__} failed: {exc}") from exc
+    gm.train(was_training)
+    return gm
+
+
+def _shape(node: object) -> tuple[int, ...] | None:
+    meta = getattr(node, "meta", {}).get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"{node.target} ({type(modules[node.target]).__name__})"
+    target = getattr(node.target, "__name__", str(node.target))
+    return f"{node.name} ({node.op} {target})"
+
+
+def _channel_pad(node: fx.Node) -> tuple[int, int] | None:
+    """(before, after) channel padding of an ``F.pad`` on a 4-D tensor, else None."""
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+    value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", 0.0)
+    if not isinstance(pad, (tuple, list)) or len(pad) < 6 or mode != "constant" or value not in (0, 0.0, None):
+        return None
+    if any(p != 0 for p in pad[6:]):
+        return None
+    return int(pad[4]), int(pad[5])
+
+
+def analyse(model: nn.Module, example: torch.Tensor, *, prune_residual: bool = False,
+            prune_linear: bool = False) -> ChannelAnalysis:
+    """Trace ``model`` on ``example`` and find its channel groups and decisions."""
+    gm = trace(model, example)
+    modules = dict(gm.named_modules())
+    uf = _UnionFind()
+    space: dict[str, int] = {}  # node → space id (before union-find resolution)
+    factor: dict[str, int] = {}
+    frozen: dict[int, list[str]] = {}
+    merged: set[int] = set()
+    activated: set[int] = set()
+    producers: dict[int, list[str]] = {}
+    remap_nodes: dict[str, Remap] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def freeze(sid: int, why: str) -> None:
+        frozen.setdefault(sid, []).append(why)
+
+    def new_space(node: fx.Node) -> int:
+        sid = uf.new()
+        space[node.name] = sid
+        factor[node.name] = 1
+        return sid
+
+    def inherit(node: fx.Node, src: fx.Node) -> None:
+        space[node.name] = space[src.name]
+        factor[node.name] = factor[src.name]
+
+    def tensor_inputs(node: fx.Node) -> list[fx.Node]:
+        return [a for a in node.all_input_nodes if a.name in space]
+
+    def unknown(node: fx.Node) -> None:
+        why = f"unsupported op {_op_name(node, modules)}"
+        for a in tensor_inputs(node):
+            freeze(space[a.name], why)
+        if _shape(node) is not None and len(_shape(node)) >= 2:
+            freeze(new_space(node), why)
+
+    for node in gm.graph.nodes:
+        shape = _shape(node)
+        if shape is not None:
+            shapes[node.name] = shape
+        if node.op == "placeholder":
+            if shape is not None:
+                freeze(new_space(node), "model input")
+            continue
+        if node.op == "output":
+            for a in node.all_input_nodes:
+                if a.name in space:
+                    freeze(space[a.name], "model output")
+            continue
+        if node.op == "get_attr":
+            continue
+        inputs = tensor_inputs(node)
+        if shape is None or len(shape) < 2 or not inputs:
+            # sizes, ints, non-tensor results: they carry no channels, but a channel tensor consumed by an op
+            # that returns a tensor without our bookkeeping would escape the analysis, so be strict.
+            if shape is not None and inputs:
+                unknown(node)
+            continue
+        x = inputs[0]
+        in_shape = shapes.get(x.name)
+        if node.op == "call_module":
+            mod = modules[node.target]
+            if isinstance(mod, nn.Conv2d) and factor[x.name] == 1:
+                if mod.groups == 1:
+                    sid = new_space(node)
+                    producers.setdefault(sid, []).append(node.name)
+                elif mod.groups == mod.in_channels == mod.out_channels:
+                    inherit(node, x)  # depthwise: output channel i is input channel i
+                else:
+                    unknown(node)
+            elif isinstance(mod, nn.Linear) and in_shape is not None and len(in_shape) == 2:
+                sid = new_space(node)
+                producers.setdefault(sid, []).append(node.name)
+            elif isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)) and factor[x.name] == 1:
+                inherit(node, x)
+            elif isinstance(mod, ACTIVATION_MODULES):
+                inherit(node, x)
+                activated.add(space[x.name])
+            elif isinstance(mod, PASS_MODULES):
+                inherit(node, x)
+            elif isinstance(mod, nn.Flatten) and mod.start_dim == 1 and in_shape is not None:
+                _flatten(node, x, in_shape, shape, space, factor, unknown)
+            else:
+                unknown(node)
+            continue
+        target = node.target
+        is_fn = node.op == "call_function"
+        if (is_fn and target in ACTIVATION_FUNCTIONS) or (not is_fn and target in ACTIVATION_METHODS):
+            inherit(node, x)
+            activated.add(space[x.name])
+        elif (is_fn and target in PASS_FUNCTIONS) or (not is_fn and target in PASS_METHODS):
+            inherit(node, x)
+        elif (is_fn and target in MERGE_FUNCTIONS) or (not is_fn and target in MERGE_METHODS):
+            _merge(node, inputs, shape, shapes, space, factor, uf, merged, freeze, modules)
+        elif (is_fn and target in RESHAPE_FUNCTIONS) or (not is_fn and target in RESHAPE_METHODS):
+            _flatten(node, x, in_shape, shape, space, factor, unknown)
+        elif (is_fn and target in MEAN_FUNCTIONS) or (not is_fn and target in MEAN_METHODS):
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            dims = [dims] if isinstance(dims, int) else list(dims or [])
+            if dims and all(d % len(in_shape) >= 2 for d in dims) and factor[x.name] == 1:
+                inherit(node, x)
+            else:
+                unknown(node)
+        elif is_fn and target is operator.getitem:
+            idx = node.args[1]
+            idx = idx if isinstance(idx, tuple) else (idx,)
+            full = slice(None)
+            if len(idx) >= 2 and idx[0] == full and idx[1] == full and factor[x.name] == 1:
+                inherit(node, x)  # spatial slicing, e.g. the option-A subsampling x[:, :, ::2, ::2]
+            else:
+                unknown(node)
+        elif is_fn and target is F.pad and _channel_pad(node) is not None and factor[x.name] == 1:
+            before, after = _channel_pad(node)
+            if before == after == 0:
+                inherit(node, x)
+            else:
+                new_space(node)
+                remap_nodes[node.name] = Remap(node.name, shape[1], [(x.name, before, in_shape[1])])
+        elif is_fn and target is torch.cat and _cat_dim(node) == 1 and all(factor[a.name] == 1 for a in inputs):
+            segments, offset = [], 0
+            for a in node.args[0]:
+                segments.append((a.name, offset, shapes[a.name][1]))
+                offset += shapes[a.name][1]
+            new_space(node)
+            remap_nodes[node.name] = Remap(node.name, shape[1], segments)
+        else:
+            unknown(node)
+
+    return _resolve(gm, uf, space, factor, frozen, merged, activated, producers, remap_nodes, shapes, modules,
+                    prune_residual, prune_linear)
+
+
+def _cat_dim(node: fx.Node) -> int | None:
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return dim if isinstance(dim, int) else None
+
+
+def _flatten(node, x, in_shape, shape, space, factor, unknown) -> None:
+    """[N, C, H, W] → [N, C·H·W] keeps channel c at positions c·H·W … (c+1)·H·W − 1."""
+    if in_shape is None or factor[x.name] != 1:
+        unknown(node)
+    elif len(in_shape) == 4 and len(shape) == 2 and shape[1] == in_shape[1] * in_shape[2] * in_shape[3]:
+        space[node.name] = space[x.name]
+        factor[node.name] = in_shape[2] * in_shape[3]
+    elif shape[:2] == in_shape[:2] and all(s == 1 for s in shape[2:]) and all(s == 1 for s in in_shape[2:]):
+        space[node.name] = space[x.name]  # [N, C] ↔ [N, C, 1, 1]
+        factor[node.name] = 1
+    else:
+        unknown(node)
+
+
+def _merge(node, inputs, shape, shapes, space, factor, uf, merged, freeze, modules) -> None:
+    """Elementwise ops: operands with the full channel extent must share indices; broadcast ones do not."""
+    channels = shape[1]
+    coupled = [a for a in inputs if len(shapes[a.name]) >= 2 and shapes[a.name][1] == channels and channels > 1]
+    if not coupled:
+        space[node.name] = space[inputs[0].name]
+        factor[node.name] = factor[inputs[0].name]
+        return
+    if any(factor[a.name] != 1 for a in coupled):
+        for a in coupled:
+            freeze(space[a.name], f"elementwise op on flattened channels {_op_name(node, modules)}")
+    sid = space[coupled[0].name]
+    for a in coupled[1:]:
+        sid = uf.union(sid, space[a.name])
+    # Tensor constants with a channel extent (get_attr operands) cannot be pruned with the group.
+    for a in node.all_input_nodes:
+        if a.op == "get_attr":
+            freeze(sid, f"elementwise op with a constant {_op_name(node, modules)}")
+    merged.add(sid)
+    space[node.name] = sid
+    factor[node.name] = factor[coupled[0].name]
+
+
+def _resolve(gm, uf, space, factor, frozen, merged, activated, producers, remap_nodes, shapes, modules,
+             prune_residual, prune_linear) -> ChannelAnalysis:
+    roots: dict[int, int] = {}
+    groups: list[ChannelGroup] = []
+    group_of: dict[str, int] = {}
+
+    def group_for(sid: int) -> ChannelGroup:
+        root = uf.find(sid)
+        if root not in roots:
+            roots[root] = len(groups)
+            groups.append(ChannelGroup(len(groups), width=-1))
+        return groups[roots[root]]
+
+    for name, sid in space.items():
+        g = group_for(sid)
+        group_of[name] = g.id
+        width = shapes[name][1] // factor[name]
+        if g.width == -1:
+            g.width = width
+        elif g.width != width:
+            raise TraceError(f"channel bookkeeping mismatch at node {name}: {width} vs {g.width} channels")
+        g.nodes.append(name)
+    for sid, why in frozen.items():
+        group_for(sid).frozen_by.extend(why)
+    for sid in merged:
+        group_for(sid).merged = True
+    for sid in activated:
+        group_for(sid).activated = True
+    for sid, names in producers.items():
+        group_for(sid).producers.extend(names)
+    for name in remap_nodes:
+        group_for(space[name]).remaps.append(name)
+    for g in groups:
+        if not g.producers and len(g.remaps) > 1:
+            g.frozen_by.append(f"several remaps write one group: {g.remaps}")
+
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    target = {n.name: n.target for n in gm.graph.nodes}
+    decisions = []
+    for g in groups:
+        if g.frozen_by or not g.producers:
+            continue
+        if not prune_linear and any(isinstance(modules[target[p]], nn.Linear) for p in g.producers):
+            continue
+        if not prune_residual and (g.merged or not g.activated):
+            continue
+        decisions.append(g.id)
+    decisions.sort(key=lambda gid: min(order[p] for p in groups[gid].producers))
+    return ChannelAnalysis(gm, groups, group_of, dict(factor), remap_nodes, shapes, decisions)
+
+
+def describe_frozen(analysis: ChannelAnalysis) -> list[str]:
+    """Reasons why prunable-looking groups were pinned, for error messages."""
+    reasons = []
+    for g in analysis.groups:
+        if g.producers and g.frozen_by:
+            reasons.extend(r for r in g.frozen_by if r not in ("model input", "model output"))
+    return sorted(set(reasons))

@@ -1,0 +1,1 @@
+"""Benchmarks: each writes its figures and exact command to benchmarks/results/."""

@@ -270,7 +270,8 @@ class AGMCEnv(gym.Env):
             raise ValueError(f"action must be a finite keep ratio in [0, 1], got {value}")
         return min(max(value, 0.0), 1.0)
 
-    def step(self, action: Any):
+    def _decide(self, action: Any) -> int:
+        """Apply one action to the bookkeeping (wall, counts); returns the decision index it fixed."""
         if self._done:
             raise RuntimeError("step() called after the episode ended; call reset() first")
         a = self._check_action(action)
@@ -278,10 +279,14 @@ class AGMCEnv(gym.Env):
         ratio = self.lbound + a * (self.rbound - self.lbound)
         self._counts[t] = self.wall.clip(t, self.wall.desired(t, ratio), self._counts)
         self._t += 1
+        self._done = self._t == self.num_decisions
+        return t
+
+    def step(self, action: Any):
+        t = self._decide(action)
         info: dict[str, Any] = {"decision": t, "keep_ratios": self.keep_ratios()}
-        if self._t < self.num_decisions:
+        if not self._done:
             return self._observation(), 0.0, False, False, info
-        self._done = True
         info.update(self._finish())
         return self._observation(), float(info["reward"]), True, False, info
 
@@ -302,6 +307,17 @@ class AGMCEnv(gym.Env):
             "macs": macs, "params": params, "channels": self._counts.tolist(),
             "timing": {"prune_s": t1 - t0, "calibrate_s": t2 - t1, "evaluate_s": t3 - t2},
         }
+
+    def trajectory(self, actions: list | np.ndarray) -> list[dict[str, np.ndarray]]:
+        """The T+1 observations an episode with these actions visits, without pruning or scoring it
+        (cheap: used to rebuild a replay buffer from a logged search). Leaves the env needing a reset."""
+        self.reset()
+        observations = [self._observation()]
+        for a in actions:
+            self._decide(a)
+            observations.append(self._observation())
+        self._done = True
+        return observations
 
     def pruned_model(self) -> nn.Module:
         """The physically pruned (and BN-recalibrated) network of the last finished episode."""

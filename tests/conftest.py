@@ -58,3 +58,14 @@ integration = pytest.mark.skipif(
     not have_shared_data(),
     reason="integration test: set AGMC_DATA_DIR (CIFAR-10 folder) and AGMC_WEIGHTS_DIR (akamaster checkpoints)",
 )
+
+
+def tiny_env_factory(**kwargs) -> AGMCEnv:
+    """Entry point of the test-only id ``AGMCTest-Tiny-v0`` (JSON-serialisable kwargs, like a real id)."""
+    return tiny_env(**kwargs)
+
+
+import gymnasium as _gym  # noqa: E402
+
+if "AGMCTest-Tiny-v0" not in _gym.registry:
+    _gym.register(id="AGMCTest-Tiny-v0", entry_point="tests.conftest:tiny_env_factory")

@@ -1,0 +1,70 @@
+"""AMC's exploration: a truncated normal around the actor's output, σ decaying per episode after warm-up.
+
+SB3's ``ActionNoise`` is additive and never sees the actor output, and clipping an additive sample piles
+probability mass on the bounds. :class:`AMCNoise` therefore carries the schedule (σ, decay, episode
+count, its own RNG) and :class:`TruncatedNormalExploration` — mixed into DDPG/TD3 — samples the
+truncated normal centred on the actor output inside SB3's [-1, 1] action scaling.
+"""
+from __future__ import annotations
+
+import numpy as np
+from stable_baselines3.common.noise import ActionNoise
+
+
+class AMCNoise(ActionNoise):
+    """σ = ``sigma`` at the end of warm-up, × ``decay`` per later episode.
+
+    ``sigma`` is in SB3's scaled action units ([-1, 1]): AMC's σ = 0.5 on [0, 1] is 1.0 here. The episode
+    count comes from the algorithm (``_episode_num``, saved with it) rather than from counting
+    :meth:`reset` calls, which SB3 also makes at every ``learn()`` start and would skew a resumed run.
+    """
+
+    def __init__(self, sigma: float = 1.0, decay: float = 0.95, warmup_episodes: int = 0, seed: int | None = None):
+        super().__init__()
+        self.sigma0, self.decay, self.warmup_episodes = sigma, decay, warmup_episodes
+        self.episodes = 0  # set by the algorithm before each sample
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def sigma(self) -> float:
+        return self.sigma0 * self.decay ** max(0, self.episodes - self.warmup_episodes)
+
+    def sample_around(self, mean: np.ndarray) -> np.ndarray:
+        """A truncated-normal sample on [-1, 1] centred on ``mean``."""
+        mean = np.clip(np.asarray(mean, dtype=np.float64), -1.0, 1.0)
+        out = np.empty_like(mean)
+        todo = np.ones(mean.shape, dtype=bool)
+        while todo.any():  # rejection sampling: acceptance ≥ 1/3 for σ ≤ 1 and a mean inside the bounds
+            draw = self.rng.normal(mean[todo], self.sigma)
+            ok = np.abs(draw) <= 1.0
+            idx = np.flatnonzero(todo)[ok]
+            out.flat[idx] = draw[ok]
+            todo.flat[idx] = False
+        return out.astype(np.float32)
+
+    def __call__(self) -> np.ndarray:  # plain additive use (not AMC's): zero-mean normal
+        return self.rng.normal(0.0, self.sigma, size=1).astype(np.float32)
+
+    def reset(self) -> None:
+        """Nothing to reset: the schedule follows the algorithm's episode count."""
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+    def __repr__(self) -> str:
+        return f"AMCNoise(sigma={self.sigma:.4f}, decay={self.decay}, episodes={self.episodes})"
+
+
+class TruncatedNormalExploration:
+    """Mixin for SB3 off-policy algorithms: replaces additive noise by AMC's truncated normal."""
+
+    def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
+        if not isinstance(action_noise, AMCNoise) or self.num_timesteps < learning_starts:
+            return super()._sample_action(learning_starts, action_noise, n_envs)
+        mean, _ = self.predict(self._last_obs, deterministic=True)
+        action_noise.episodes = self._episode_num
+        scaled = action_noise.sample_around(self.policy.scale_action(mean))
+        return self.policy.unscale_action(scaled), scaled

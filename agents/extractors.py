@@ -13,11 +13,16 @@ loop over samples; padded nodes have no edges and are masked out of every readou
 """
 from __future__ import annotations
 
+import warnings
+
 import gymnasium as gym
 import torch
-import torch_geometric.nn as gnn
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-from torch import nn
+
+# torch-geometric still calls torch.jit.script at import time; the deprecation is not ours to act on.
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
+import torch_geometric.nn as gnn  # noqa: E402
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor  # noqa: E402
+from torch import nn  # noqa: E402
 
 CONV_LAYERS = {"gcn": gnn.GCNConv, "sage": gnn.SAGEConv, "graph": gnn.GraphConv, "gat": gnn.GATConv}
 DECODERS = ("none", "lstm")

@@ -123,6 +123,7 @@ class AGMCEnv(gym.Env):
             dataset = zoo.default_dataset(model) if dataset is None else dataset
         dataset = "cifar10" if dataset is None else dataset
         data = dataset if isinstance(dataset, ImageDataset) else zoo.load_dataset(dataset, data_dir, download)
+        self.dataset = data  # kept (not copied) for fine-tuning and reports
         if isinstance(model, str):
             self.model_name = model
             net = zoo.build_model(model, data.num_classes, True if weights is None else weights, cache_dir)

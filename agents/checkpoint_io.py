@@ -1,0 +1,32 @@
+"""Loading pruned-model checkpoints (``best_pruned.pt``, fine-tuned ones) and the env they came from."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+
+import agmc_env  # noqa: F401
+
+
+class CheckpointFileError(RuntimeError):
+    """A pruned-model checkpoint is missing or unreadable."""
+
+
+def load_pruned(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(module, meta) from a file written by ``agents.search.save_pruned``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointFileError(f"no checkpoint at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        return obj["model"], obj["meta"]
+    except Exception as exc:
+        raise CheckpointFileError(f"{path} is not a readable agmc pruned-model checkpoint ({exc})") from exc
+
+
+def env_for(meta: dict[str, Any], **overrides: Any):
+    """The (unwrapped) env a checkpoint was searched in, with option overrides (split, device, ...)."""
+    return gym.make(meta["env_id"], **{**meta.get("env_kwargs", {}), **overrides}).unwrapped

@@ -1,0 +1,121 @@
+"""The ``agmc`` command line: search, baseline, evaluate, finetune."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import gymnasium as gym
+
+import agmc_env  # noqa: F401
+from agents.algorithms import ALGORITHMS
+from agents.baselines import METHODS, run_baseline
+from agents.checkpoint_io import CheckpointFileError
+from agents.extractors import EMBEDDINGS
+from agents.search import RunError, SearchConfig, run_search
+from agmc_env.checkpoints import CheckpointError
+from agmc_env.data import DataError
+from agmc_env.decisions import TraceError
+
+
+def _env_id(value: str) -> str:
+    if value not in gym.registry:
+        agmc_ids = sorted(k for k in gym.registry if "AGMC" in k)
+        raise argparse.ArgumentTypeError(f"unknown env id {value!r}; choose one of {agmc_ids}")
+    return value
+
+
+def _add_env_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("environment options (passed to gym.make)")
+    g.add_argument("--flops-target", type=float, help="MACs to keep, as a fraction (preset default: 0.5)")
+    g.add_argument("--val-size", type=int, help="reward-split images held out from the training set (default 1000)")
+    g.add_argument("--calib-size", type=int, help="BN-recalibration images (default 500)")
+    g.add_argument("--prune-residual", action="store_true", default=None, help="also prune residual-stream channels")
+    g.add_argument("--weights", help="checkpoint path for the model (default: the preset's published weights)")
+    g.add_argument("--data-dir", help="dataset folder (default: $AGMC_DATA_DIR)")
+    g.add_argument("--device", help="auto | cpu | cuda (default auto)")
+
+
+def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("flops_target", "val_size", "calib_size", "prune_residual", "weights", "data_dir", "device")
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agmc", description="Automated channel pruning with RL on the AGMC env.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="RL search for per-layer keep ratios")
+    s.add_argument("env_id", type=_env_id)
+    s.add_argument("--algo", choices=sorted(ALGORITHMS), default="ddpg")
+    s.add_argument("--embedding", choices=sorted(EMBEDDINGS), default="gnn")
+    s.add_argument("--episodes", type=int, default=300)
+    s.add_argument("--warmup", type=int, default=25, help="episodes of uniformly random actions before learning")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--reward-baseline", action="store_true", help="subtract AMC's moving-average reward baseline")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resume", action="store_true", help="continue the run in --out (also automatic)")
+    s.add_argument("--force", action="store_true", help="overwrite whatever run --out holds")
+    s.add_argument("--no-progress", action="store_true")
+    _add_env_options(s)
+
+    b = sub.add_parser("baseline", help="uniform or random keep ratios through the same budget wall")
+    b.add_argument("env_id", type=_env_id)
+    b.add_argument("--method", choices=METHODS, required=True)
+    b.add_argument("--episodes", type=int, default=300, help="evaluations for --method random")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", required=True)
+    b.add_argument("--force", action="store_true")
+    b.add_argument("--no-progress", action="store_true")
+    _add_env_options(b)
+
+    e = sub.add_parser("evaluate", help="accuracy, MACs, params and latency of a pruned checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--split", choices=("val", "test"), default="test")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--data-dir")
+
+    f = sub.add_parser("finetune", help="fine-tune a pruned checkpoint (SGD + cosine, CIFAR augmentation)")
+    f.add_argument("checkpoint")
+    f.add_argument("--epochs", type=int, default=20)
+    f.add_argument("--lr", type=float, default=0.01)
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--weight-decay", type=float, default=5e-4)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", default="auto")
+    f.add_argument("--data-dir")
+    f.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "search":
+            config = SearchConfig(args.env_id, args.algo, args.embedding, args.episodes, args.warmup, args.seed,
+                                  args.reward_baseline, _env_kwargs(args))
+            best = run_search(config, args.out, force=args.force, progress=not args.no_progress)
+            print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
+        elif args.command == "baseline":
+            best = run_baseline(args.method, args.env_id, args.out, episodes=args.episodes, seed=args.seed,
+                                env_kwargs=_env_kwargs(args), force=args.force, progress=not args.no_progress)
+            print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
+        elif args.command == "evaluate":
+            from agents.evaluation import evaluate_checkpoint
+
+            extra = {"data_dir": args.data_dir} if args.data_dir else {}
+            print(json.dumps(evaluate_checkpoint(args.checkpoint, args.split, args.device, **extra), indent=2))
+        elif args.command == "finetune":
+            from agents.finetune import finetune
+
+            finetune(args.checkpoint, args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                     weight_decay=args.weight_decay, seed=args.seed, device=args.device, data_dir=args.data_dir)
+    except (RunError, CheckpointFileError, CheckpointError, DataError, TraceError, ValueError, TypeError) as exc:
+        print(f"agmc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

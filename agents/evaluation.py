@@ -1,0 +1,53 @@
+"""``agmc evaluate``: accuracy, MACs, params and measured latency of a pruned checkpoint."""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch.fx.experimental.optimization import fuse
+
+from agents.checkpoint_io import env_for, load_pruned
+from agmc_env.budget import count_module
+
+
+def _latency_ms(model: torch.nn.Module, x: torch.Tensor, autocast_dtype, reps: int = 20) -> float:
+    fast = fuse(copy.deepcopy(model).eval(), inplace=True, no_trace=isinstance(model, torch.fx.GraphModule))
+    fast = fast.to(memory_format=torch.channels_last)
+    ctx = (lambda: torch.autocast(x.device.type, dtype=autocast_dtype)) if autocast_dtype else torch.no_grad
+    times = []
+    with torch.inference_mode(), ctx():
+        for i in range(reps + 3):
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fast(x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 3:  # warm-up
+                times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def evaluate_checkpoint(path: str, split: str = "test", device: str = "auto", **env_overrides: Any) -> dict[str, Any]:
+    model, meta = load_pruned(path)
+    env = env_for(meta, split=split, device=device, **env_overrides)
+    ev = env.evaluator
+    model = model.to(env.device)
+    stored = ev.accuracy(model)
+    recal = copy.deepcopy(model)
+    ev.recalibrate(recal)
+    recalibrated = ev.accuracy(recal)
+    macs, params = count_module(model, ev.images[:1])
+    return {
+        "checkpoint": str(path), "split": split, "images": len(ev.images), "device": str(env.device),
+        "precision": "bf16" if ev.dtype == torch.bfloat16 else "fp32",
+        "accuracy": stored, "accuracy_bn_recalibrated": recalibrated,
+        "macs": macs, "params": params, "flops_ratio": macs / env.cost.base_macs,
+        "params_ratio": params / env.cost.base_params,
+        "latency_ms_batch1": _latency_ms(model, ev.images[:1], ev.dtype),
+        f"latency_ms_batch{ev.batch_size}": _latency_ms(model, ev.images[: ev.batch_size], ev.dtype, reps=5),
+        "searched": {k: meta.get(k) for k in ("env_id", "algorithm", "embedding", "seed", "accuracy", "episode")},
+    }

@@ -1,0 +1,41 @@
+"""Every algorithm × embedding trains a few episodes on a tiny env and writes every output."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import tests.conftest  # noqa: F401  (registers AGMCTest-Tiny-v0)
+from agents.checkpoint_io import env_for, load_pruned
+from agents.search import SearchConfig, run_search
+
+OUTPUTS = ("run.json", "episodes.csv", "trajectories.jsonl", "best.json", "best_pruned.pt", "checkpoint.pt",
+           "agent.zip", "tb")
+
+
+@pytest.mark.parametrize("embedding", ["gnn", "gnn-lstm", "amc"])
+@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
+def test_search_writes_all_outputs(tmp_path, algo, embedding):
+    best = run_search(SearchConfig("AGMCTest-Tiny-v0", algo=algo, embedding=embedding, episodes=4, warmup=2, seed=0),
+                      tmp_path, progress=False)
+    for name in OUTPUTS:
+        assert (tmp_path / name).exists(), name
+    rows = list(csv.DictReader(open(tmp_path / "episodes.csv")))
+    assert [int(r["episode"]) for r in rows] == [0, 1, 2, 3]
+    assert all(float(r["flops_ratio"]) <= 0.6 for r in rows)
+    assert len(json.loads(rows[0]["keep_ratios"])) == 6
+    saved = json.loads((tmp_path / "best.json").read_text())
+    assert saved["accuracy"] == best["accuracy"] == max(float(r["accuracy"]) for r in rows)
+    assert saved["algorithm"] == algo and saved["embedding"] == embedding
+
+
+def test_best_pruned_evaluates_to_logged_accuracy(tmp_path):
+    best = run_search(SearchConfig("AGMCTest-Tiny-v0", algo="td3", embedding="amc", episodes=3, warmup=1, seed=2),
+                      tmp_path, progress=False)
+    model, meta = load_pruned(tmp_path / "best_pruned.pt")
+    env = env_for(meta)
+    assert env.evaluator.accuracy(model) == best["accuracy"]
+    assert sum(p.numel() for p in model.parameters()) < env.cost.base_params
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 10)

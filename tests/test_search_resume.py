@@ -1,0 +1,55 @@
+"""Same seed ⇒ same episode log; an interrupted search resumes to exactly the uninterrupted log."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+import tests.conftest  # noqa: F401
+from agents import search
+from agents.search import SearchConfig, run_search
+
+
+def _log(folder):
+    return [(r["reward"], r["keep_ratios"], r["flops_ratio"]) for r in csv.DictReader(open(folder / "episodes.csv"))]
+
+
+def _config(algo, embedding, baseline=False):
+    return SearchConfig("AGMCTest-Tiny-v0", algo=algo, embedding=embedding, episodes=7, warmup=2, seed=3,
+                        reward_baseline=baseline)
+
+
+def test_same_seed_same_log(tmp_path):
+    run_search(_config("ddpg", "gnn"), tmp_path / "a", progress=False)
+    run_search(_config("ddpg", "gnn"), tmp_path / "b", progress=False)
+    assert _log(tmp_path / "a") == _log(tmp_path / "b")
+
+
+@pytest.mark.parametrize("algo, embedding, baseline", [("ddpg", "gnn", False), ("td3", "amc", True),
+                                                         ("sac", "gnn-lstm", False)])
+def test_interrupted_search_resumes_exactly(tmp_path, monkeypatch, algo, embedding, baseline):
+    config = _config(algo, embedding, baseline)
+    run_search(config, tmp_path / "full", progress=False)
+
+    real = search.Recorder.log_episode
+
+    def killed_after_fifth(self, *args, **kwargs):  # dies after logging, before the checkpoint
+        real(self, *args, **kwargs)
+        if self.episodes == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(search.Recorder, "log_episode", killed_after_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(config, tmp_path / "cut", progress=False)
+    assert len(_log(tmp_path / "cut")) == 5
+    monkeypatch.setattr(search.Recorder, "log_episode", real)
+    run_search(config, tmp_path / "cut", progress=False)  # same command again: resumes
+    assert _log(tmp_path / "cut") == _log(tmp_path / "full")
+
+
+def test_extending_a_finished_run(tmp_path):
+    short = _config("td3", "amc")
+    short.episodes = 4
+    run_search(short, tmp_path, progress=False)
+    run_search(_config("td3", "amc"), tmp_path, progress=False)
+    assert len(_log(tmp_path)) == 7

@@ -1,0 +1,327 @@
+"""Benchmark grids: every method × seed on one env, through the same code paths as ``agmc search`` /
+``agmc baseline``, rendered as a table, a per-run CSV and learning curves.
+
+    python -m benchmarks.table resnet20_flops50 [--shard 0/2] [--threads 1] [--render-only]
+
+Runs live in ``benchmarks/runs/<config>/<method>-s<seed>/`` (git-ignored, resumable: finished runs are
+skipped, interrupted ones continue). ``--shard i/n`` runs every n-th run, so n processes can share a
+grid; any process (or ``--render-only``) renders what has finished into ``benchmarks/results/``:
+``<config>.md`` (table + paper numbers + provenance), ``<config>.csv`` (one row per run),
+``<config>_curves.csv`` and ``<config>_curves.png`` (best-so-far reward-split accuracy per episode).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).parent
+RESULTS, RUNS = ROOT / "results", ROOT / "runs"
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    kind: str  # "search" | "baseline"
+    algo: str  # SB3 algorithm, or the baseline method
+    embedding: str = "none"
+    stochastic: bool = True
+
+
+METHODS = [
+    Method("uniform", "baseline", "uniform", stochastic=False),
+    Method("random", "baseline", "random"),
+    Method("amc+ddpg", "search", "ddpg", "amc"),
+    Method("gnn+ddpg", "search", "ddpg", "gnn"),
+    Method("gnn-lstm+ddpg", "search", "ddpg", "gnn-lstm"),
+    Method("gnn+td3", "search", "td3", "gnn"),
+    Method("gnn+sac", "search", "sac", "gnn"),
+]
+
+# Published numbers on real CIFAR-10 (not comparable in absolute terms with our JPEG-derived copy).
+PAPER = {
+    "resnet56": [("AGMC (AGMC README), 50% FLOPs, no FT (most likely)", 93.39, 92.00),
+                 ("AMC (paper), 50% FLOPs, after fine-tuning", 92.8, 91.9)],
+    "resnet20": [("AGMC (AGMC README), 50% FLOPs", 91.73, 88.42)],
+}
+
+
+@dataclass
+class GridConfig:
+    name: str
+    env_id: str
+    model: str
+    episodes: int = 300
+    warmup: int = 25
+    seeds: tuple[int, ...] = (0, 1, 2)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    finetune_epochs: int = 10
+    finetune_methods: tuple[str, ...] = ("gnn+ddpg", "uniform")
+
+
+def _jpeg_weights(model: str) -> dict[str, str]:
+    """The JPEG-adapted checkpoint when $AGMC_WEIGHTS_DIR holds one (our realistic baseline here)."""
+    folder = os.environ.get("AGMC_WEIGHTS_DIR")
+    path = Path(folder) / f"{model}-cifar10jpeg.pt" if folder else None
+    return {"weights": str(path)} if path is not None and path.is_file() else {}
+
+
+def preset(name: str) -> GridConfig:
+    presets = {
+        "resnet20_flops50": lambda: GridConfig(name, "AGMC-ResNet20-v0", "resnet20",
+                                               env_kwargs={"val_size": 1000, **_jpeg_weights("resnet20")}),
+        "resnet56_flops50": lambda: GridConfig(name, "AGMC-ResNet56-v0", "resnet56",
+                                               env_kwargs={"val_size": 1000, **_jpeg_weights("resnet56")}),
+        # a seconds-long grid on the test id, for trying the pipeline out
+        "smoke": lambda: GridConfig(name, "AGMCTest-Tiny-v0", "tiny", episodes=6, warmup=2, seeds=(0, 1),
+                                    finetune_epochs=1),
+    }
+    if name not in presets:
+        raise SystemExit(f"unknown grid config {name!r}; choose one of {sorted(presets)}")
+    return presets[name]()
+
+
+def runs_of(config: GridConfig) -> list[tuple[Method, int]]:
+    return [(m, s) for m in METHODS for s in (config.seeds if m.stochastic else config.seeds[:1])]
+
+
+def run_dir(config: GridConfig, method: Method, seed: int) -> Path:
+    return RUNS / config.name / f"{method.name}-s{seed}"
+
+
+def _finished(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "run.json").read_text()).get("finished", False)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def execute(config: GridConfig, shard: tuple[int, int]) -> None:
+    from agents.baselines import run_baseline
+    from agents.search import SearchConfig, run_search
+
+    for i, (method, seed) in enumerate(runs_of(config)):
+        if i % shard[1] != shard[0]:
+            continue
+        folder = run_dir(config, method, seed)
+        if not _finished(folder):
+            print(f"[{config.name}] {method.name} seed {seed} → {folder}", flush=True)
+            if method.kind == "baseline":
+                run_baseline(method.algo, config.env_id, folder, episodes=config.episodes, seed=seed,
+                             env_kwargs=config.env_kwargs, progress=False)
+            else:
+                run_search(SearchConfig(config.env_id, method.algo, method.embedding, config.episodes, config.warmup,
+                                        seed, False, config.env_kwargs), folder, progress=False)
+        test_accuracy(folder)
+    if shard[0] == 0:
+        for name in config.finetune_methods:
+            finetuned(config, next(m for m in METHODS if m.name == name))
+
+
+def test_accuracy(folder: Path) -> float:
+    """Test accuracy of the run's best pruned net (already BN-recalibrated), cached in test.json."""
+    cache = folder / "test.json"
+    if cache.exists():
+        return json.loads(cache.read_text())["test_accuracy"]
+    from agents.checkpoint_io import env_for, load_pruned
+
+    model, meta = load_pruned(folder / "best_pruned.pt")
+    env = env_for(meta, split="test", amp="off")
+    acc = env.evaluator.accuracy(model.to(env.device))
+    cache.write_text(json.dumps({"test_accuracy": acc, "split": "test", "images": len(env.evaluator.images)}))
+    return acc
+
+
+def unpruned(config: GridConfig) -> dict[str, float]:
+    cache = RUNS / config.name / "unpruned.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    import gymnasium as gym
+
+    import agmc_env  # noqa: F401
+
+    kwargs = {**config.env_kwargs, "amp": "off", "flops_target": 1.0}
+    val = gym.make(config.env_id, **kwargs).unwrapped
+    test = gym.make(config.env_id, **kwargs, split="test").unwrapped
+    result = {"val_accuracy": val.evaluator.accuracy(val.analysis.gm),
+              "test_accuracy": test.evaluator.accuracy(test.analysis.gm),
+              "macs": val.cost.base_macs, "params": val.cost.base_params}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result))
+    return result
+
+
+def finetuned(config: GridConfig, method: Method) -> float | None:
+    folder = run_dir(config, method, config.seeds[0])
+    out = folder / f"finetune{config.finetune_epochs}"
+    if not _finished(folder):
+        return None
+    if not (out / "finetuned.pt").exists():
+        from agents.finetune import finetune
+
+        print(f"[{config.name}] fine-tuning {method.name} for {config.finetune_epochs} epochs", flush=True)
+        finetune(folder / "best_pruned.pt", out, epochs=config.finetune_epochs)
+    rows = list(csv.DictReader(open(out / "finetune.csv")))
+    return float(rows[-1]["test_accuracy"])
+
+
+def _episodes(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "episodes.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _run_row(config: GridConfig, method: Method, seed: int, base_test: float) -> dict[str, Any] | None:
+    folder = run_dir(config, method, seed)
+    if not _finished(folder):
+        return None
+    rows = _episodes(folder)
+    acc = np.array([float(r["accuracy"]) for r in rows])
+    best_so_far = np.maximum.accumulate(acc)
+    best = json.loads((folder / "best.json").read_text())
+    test = test_accuracy(folder)
+    return {
+        "method": method.name, "seed": seed, "episodes": len(rows), "macs_kept": best["flops_ratio"],
+        "params_kept": best["params_ratio"], "val_accuracy": best["accuracy"], "test_accuracy": test,
+        "delta_test": test - base_test,
+        "episodes_to_within_0.5pt": int(np.argmax(best_so_far >= best_so_far[-1] - 0.005)) + 1,
+        "search_seconds": sum(float(r["seconds"]) for r in rows),
+        "curve": best_so_far.tolist(),
+    }
+
+
+def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    v = np.array(values) * scale
+    return f"{v.mean():.{digits}f}" if len(v) == 1 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def render(config: GridConfig, argv: list[str]) -> None:
+    base = unpruned(config)
+    rows = [r for m, s in runs_of(config) if (r := _run_row(config, m, s, base["test_accuracy"])) is not None]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fields = [k for k in (rows[0] if rows else {}) if k != "curve"]
+    with open(RESULTS / f"{config.name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: v for k, v in r.items() if k != "curve"} for r in rows)
+    with open(RESULTS / f"{config.name}_curves.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "seed", "episode", "best_so_far_val_accuracy"])
+        for r in rows:
+            writer.writerows([r["method"], r["seed"], i + 1, round(v, 5)] for i, v in enumerate(r["curve"]))
+    _plot(config, rows)
+
+    import torch
+
+    weights = config.env_kwargs.get("weights", f"akamaster {config.model} (published checkpoint)")
+    lines = [
+        f"# {config.name}: {config.env_id}, every method at the preset's MACs budget", "",
+        f"Regenerate: `AGMC_DATA_DIR=../shared/data/cifar10 AGMC_WEIGHTS_DIR=../shared/weights python -m benchmarks.table {config.name}`"
+        " (add `--shard i/n` to split the grid over n processes)  ",
+        f"This render: `python -m benchmarks.table {' '.join(argv)}`, {datetime.datetime.now().isoformat(timespec='seconds')}  ",
+        f"Machine: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, Python {platform.python_version()}  ",
+        f"Checkpoint: `{Path(weights).name}`; data: `$AGMC_DATA_DIR` = CIFAR-10 JPEG-derived copy (see ../shared/data/cifar10/README.md)  ",
+        f"Protocol: {config.episodes} episodes per search ({config.warmup} warm-up), reward = top-1 on "
+        f"{config.env_kwargs.get('val_size', 1000)} training images held out (seed 0), after BN recalibration on 500 other "
+        "training images; test accuracy = the best episode's pruned net on the 10,000 test images (no fine-tuning). "
+        "Random search uses as many evaluations as an RL run. FLOPs = MACs of conv + linear layers.", "",
+        f"Unpruned: reward-split {100 * base['val_accuracy']:.2f} %, test {100 * base['test_accuracy']:.2f} %, "
+        f"{base['macs'] / 1e6:.2f} M MACs, {base['params'] / 1e6:.3f} M params.", "",
+        "| method | runs | MACs kept | params kept | reward-split acc. (%) | test acc. (%) | Δ test (pt) | "
+        "episodes to within 0.5 pt | search time (min) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| unpruned | – | 1.000 | 1.000 | {100 * base['val_accuracy']:.2f} | {100 * base['test_accuracy']:.2f} | 0 | – | – |",
+    ]
+    for m in METHODS:
+        mine = [r for r in rows if r["method"] == m.name]
+        expected = len(config.seeds) if m.stochastic else 1
+        if not mine:
+            lines.append(f"| {m.name} | 0/{expected} | not run yet | | | | | | |")
+            continue
+        g = lambda k: [r[k] for r in mine]  # noqa: E731
+        lines.append(
+            f"| {m.name} | {len(mine)}/{expected} | {_fmt(g('macs_kept'), digits=3)} | {_fmt(g('params_kept'), digits=3)} | "
+            f"{_fmt(g('val_accuracy'), 100)} | {_fmt(g('test_accuracy'), 100)} | {_fmt(g('delta_test'), 100)} | "
+            f"{_fmt(g('episodes_to_within_0.5pt'), digits=0)} | {_fmt(g('search_seconds'), 1 / 60, 1)} |")
+    lines += ["", f"Mean ± sample std over seeds. Fine-tuned rows ({config.finetune_epochs} epochs of "
+              "`agmc finetune`: SGD + Nesterov, lr 0.01 cosine, wd 5e-4, batch 128, crop + flip, full training split; "
+              f"seed {config.seeds[0]}'s best policy):", "",
+              "| method | test acc. after fine-tuning (%) | Δ test (pt) |", "|---|---|---|"]
+    for name in config.finetune_methods:
+        out = run_dir(config, next(m for m in METHODS if m.name == name), config.seeds[0]) / f"finetune{config.finetune_epochs}"
+        if (out / "finetune.csv").exists():
+            acc = float(list(csv.DictReader(open(out / "finetune.csv")))[-1]["test_accuracy"])
+            lines.append(f"| {name} | {100 * acc:.2f} | {100 * (acc - base['test_accuracy']):+.2f} |")
+        else:
+            lines.append(f"| {name} | not run yet | |")
+    lines += ["", "Published numbers (real CIFAR-10, not this JPEG copy; compare Δ only):", "",
+              "| source | base (%) | pruned (%) | Δ (pt) |", "|---|---|---|---|"]
+    for label, b, p in PAPER.get(config.model, []):
+        lines.append(f"| {label} | {b:.2f} | {p:.2f} | {p - b:+.2f} |")
+    lines += ["", f"Curves: `{config.name}_curves.png` (data in `{config.name}_curves.csv`); per-run rows: `{config.name}.csv`.", ""]
+    (RESULTS / f"{config.name}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def _plot(config: GridConfig, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in METHODS:
+        curves = [r["curve"] for r in rows if r["method"] == m.name]
+        if not curves or not m.stochastic:
+            continue
+        n = min(len(c) for c in curves)
+        arr = 100 * np.array([c[:n] for c in curves])
+        x = np.arange(1, n + 1)
+        mean = arr.mean(0)
+        line, = ax.plot(x, mean, label=f"{m.name} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(x, arr.min(0), arr.max(0), color=line.get_color(), alpha=0.15)
+    uniform = [r for r in rows if r["method"] == "uniform"]
+    if uniform:
+        ax.axhline(100 * uniform[0]["val_accuracy"], color="k", ls="--", lw=1, label="uniform")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("best-so-far reward-split top-1 (%)")
+    ax.set_title(f"{config.name}: search progress (mean, band = min–max over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{config.name}_curves.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("config")
+    p.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i")
+    p.add_argument("--threads", type=int, help="torch threads for this process")
+    p.add_argument("--render-only", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = preset(args.config)
+    if config.env_id.startswith("AGMCTest"):
+        import tests.conftest  # noqa: F401  (registers the test id)
+    if not args.render_only:
+        i, n = (int(v) for v in args.shard.split("/"))
+        execute(config, (i, n))
+    render(config, argv)
+
+
+if __name__ == "__main__":
+    main()

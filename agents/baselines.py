@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
-import agmc_env  # noqa: F401
+from agents.envs import make_env
 from agents.search import Recorder, SearchConfig, _mark_finished, _read_jsonl, prepare_out
 
 METHODS = ("uniform", "random")
@@ -48,7 +47,7 @@ def run_baseline(method: str, env_id: str, out: str | os.PathLike, *, episodes: 
                           env_kwargs=env_kwargs or {})
     out = Path(out)
     resume = prepare_out(out, config, force=force, kind="baseline")
-    env = gym.make(env_id, **config.env_kwargs)
+    env = make_env(env_id, **config.env_kwargs)
     base = env.unwrapped
     span = base.rbound - base.lbound
     if method == "uniform":

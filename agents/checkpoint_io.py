@@ -5,10 +5,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import torch
 
-import agmc_env  # noqa: F401
+from agents.envs import make_env
+
 
 
 class CheckpointFileError(RuntimeError):
@@ -29,4 +29,4 @@ def load_pruned(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any
 
 def env_for(meta: dict[str, Any], **overrides: Any):
     """The (unwrapped) env a checkpoint was searched in, with option overrides (split, device, ...)."""
-    return gym.make(meta["env_id"], **{**meta.get("env_kwargs", {}), **overrides}).unwrapped
+    return make_env(meta["env_id"], **{**meta.get("env_kwargs", {}), **overrides}).unwrapped

@@ -27,15 +27,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-import agmc_env  # noqa: F401  (registers the ids)
 from agents.algorithms import ALGORITHMS, make_agent
+from agents.envs import make_env
 from agents.noise import AMCNoise
 
 EPISODE_FIELDS = ["episode", "reward", "accuracy", "flops_ratio", "params_ratio", "keep_ratios", "seconds"]
@@ -269,7 +268,7 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
     out = Path(out)
     resume = prepare_out(out, config, force=force)
     seed_everything(config.seed)
-    env = gym.make(config.env_id, **config.env_kwargs)
+    env = make_env(config.env_id, **config.env_kwargs)
     vec = DummyVecEnv([lambda: env])
     T = env.unwrapped.num_decisions
     recorder = Recorder(out, config)

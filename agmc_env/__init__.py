@@ -9,10 +9,11 @@ from agmc_env.env import AGMCEnv
 
 __all__ = ["AGMCEnv"]
 
-# max_episode_steps is left unset: episodes end by `terminated` after the last decision, whose count
-# depends on the model and options (a TimeLimit of the wrong length would truncate or never fire).
+# max_episode_steps = the preset's decision count with its default options. Options that change the count
+# (prune_residual=True, prune_linear=True) need max_episode_steps=T or -1 in gym.make: the env ends its
+# episodes itself (terminated after the last decision), and the wrapper cannot be seen from inside it.
 register(id="AGMC-v0", entry_point="agmc_env.env:AGMCEnv")
-register(id="AGMC-ResNet20-v0", entry_point="agmc_env.env:AGMCEnv",
+register(id="AGMC-ResNet20-v0", entry_point="agmc_env.env:AGMCEnv", max_episode_steps=9,
          kwargs={"model": "resnet20", "dataset": "cifar10", "flops_target": 0.5})
-register(id="AGMC-ResNet56-v0", entry_point="agmc_env.env:AGMCEnv",
+register(id="AGMC-ResNet56-v0", entry_point="agmc_env.env:AGMCEnv", max_episode_steps=27,
          kwargs={"model": "resnet56", "dataset": "cifar10", "flops_target": 0.5})

@@ -69,7 +69,9 @@ class AGMCEnv(gym.Env):
     The unpruned network, decision 0. ``reset`` never changes the model: each episode prunes a fresh copy.
 
     ## Episode End
-    ``terminated`` after the last decision (T steps; ``max_episode_steps`` = T). The final network's
+    ``terminated`` after the last decision (T steps). The preset ids set ``max_episode_steps`` = T for their
+    default options; options that change T (``prune_residual``, ``prune_linear``) need ``max_episode_steps=T``
+    (or ``-1``: no time limit) in ``gym.make``, else gymnasium's ``TimeLimit`` truncates the episode early. The final network's
     MACs are ≤ ``flops_target`` × the original's in every episode, whatever the actions. Calling ``step``
     after the end raises ``RuntimeError``; call ``reset``.
 

@@ -25,6 +25,8 @@ def test_registered_ids():
     for env_id in ("AGMC-v0", "AGMC-ResNet20-v0", "AGMC-ResNet56-v0"):
         assert env_id in gym.registry
     assert gym.registry["AGMC-ResNet56-v0"].kwargs["flops_target"] == 0.5
+    assert gym.registry["AGMC-ResNet56-v0"].max_episode_steps == 27  # its decision count
+    assert gym.registry["AGMC-ResNet20-v0"].max_episode_steps == 9
 
 
 def test_generic_id_takes_a_module_and_dataset():

@@ -38,8 +38,12 @@ def test_checkers_on_resnet56():
 
 
 def test_resnet56_residual_option_prunes_streams():
-    env = gym.make("AGMC-ResNet56-v0", prune_residual=True, val_size=100, calib_size=100, flops_target=0.3).unwrapped
-    assert env.num_decisions == 30
+    env = gym.make("AGMC-ResNet56-v0", prune_residual=True, val_size=100, calib_size=100, flops_target=0.3,
+                   max_episode_steps=30)
+    assert env.unwrapped.num_decisions == 30
+    env.reset(seed=0)
     rng = np.random.default_rng(0)
-    info = env.run_ratios(rng.uniform(0.2, 1.0, 30))
+    for t in range(30):
+        _, _, terminated, truncated, info = env.step(rng.uniform(0, 1, 1).astype(np.float32))
+        assert terminated == (t == 29) and not truncated
     assert info["flops_ratio"] <= 0.3

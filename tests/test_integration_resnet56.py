@@ -45,5 +45,6 @@ def test_resnet56_residual_option_prunes_streams():
     rng = np.random.default_rng(0)
     for t in range(30):
         _, _, terminated, truncated, info = env.step(rng.uniform(0, 1, 1).astype(np.float32))
-        assert terminated == (t == 29) and not truncated
+        assert terminated == (t == 29)
+        assert not truncated or t == 29  # gymnasium's TimeLimit also flags the step that reaches the limit
     assert info["flops_ratio"] <= 0.3

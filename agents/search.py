@@ -85,7 +85,6 @@ class Recorder:
         self.out, self.config = out, config
         self.episodes = 0
         self.best: dict[str, Any] | None = None
-        self._started = time.perf_counter()
 
     def truncate_to(self, episodes: int) -> list[dict[str, Any]]:
         """Keep the first ``episodes`` rows of the logs (drop an episode logged after the last checkpoint)."""
@@ -150,6 +149,7 @@ class SearchCallback(BaseCallback):
         self.actions: list[float] = []
         self._episode_start = time.perf_counter()
         self._checkpointed_at = recorder.episodes
+        self._started = time.perf_counter()
         self.bar = None
         if progress:
             from tqdm import tqdm
@@ -175,7 +175,7 @@ class SearchCallback(BaseCallback):
         self.actions = []
         self._episode_start = time.perf_counter()
         if self.bar is not None:
-            elapsed = time.perf_counter() - self.recorder._started
+            elapsed = time.perf_counter() - self._started
             done_here = self.bar.n + 1 - self.bar.initial
             self.bar.set_postfix(best=f"{self.recorder.best['accuracy']:.4f}", flops=f"{info['flops_ratio']:.3f}",
                                  ep_min=f"{60 * done_here / max(elapsed, 1e-9):.1f}")

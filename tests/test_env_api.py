@@ -8,7 +8,7 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import agmc_env
+import agmc_env  # noqa: F401  (registers the ids)
 from agmc_env.graph import FEATURES
 from tests.conftest import tiny_dataset, tiny_env
 

@@ -36,6 +36,7 @@ class Method:
     algo: str  # SB3 algorithm, or the baseline method
     embedding: str = "none"
     stochastic: bool = True
+    reward_baseline: bool = False
 
 
 METHODS = [
@@ -46,6 +47,8 @@ METHODS = [
     Method("gnn-lstm+ddpg", "search", "ddpg", "gnn-lstm"),
     Method("gnn+td3", "search", "td3", "gnn"),
     Method("gnn+sac", "search", "sac", "gnn"),
+    # ablation: AMC's moving-average reward baseline on the main method
+    Method("gnn+ddpg+baseline", "search", "ddpg", "gnn", reward_baseline=True),
 ]
 
 # Published numbers on real CIFAR-10 (not comparable in absolute terms with our JPEG-derived copy).
@@ -107,7 +110,7 @@ def _finished(folder: Path) -> bool:
         return False
 
 
-def execute(config: GridConfig, shard: tuple[int, int]) -> None:
+def execute(config: GridConfig, shard: tuple[int, int], finetune: bool = True) -> None:
     from agents.baselines import run_baseline
     from agents.search import SearchConfig, run_search
 
@@ -124,12 +127,12 @@ def execute(config: GridConfig, shard: tuple[int, int]) -> None:
                              env_kwargs=config.env_kwargs, progress=False)
             else:
                 run_search(SearchConfig(config.env_id, method.algo, method.embedding, config.episodes, config.warmup,
-                                        seed, False, config.env_kwargs), folder, progress=False)
+                                        seed, method.reward_baseline, config.env_kwargs), folder, progress=False)
             # Process-wide peak so far: exact for a process's first run, an upper bound after that.
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             (folder / "peak_rss.json").write_text(json.dumps({"peak_rss_mb": peak, "runs_in_process": runs_here}))
         test_accuracy(folder)
-    if shard[0] == 0:
+    if shard[0] == 0 and finetune:
         for name in config.finetune_methods:
             finetuned(config, next(m for m in METHODS if m.name == name))
 
@@ -316,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i")
     p.add_argument("--threads", type=int, help="torch threads for this process")
     p.add_argument("--render-only", action="store_true")
+    p.add_argument("--skip-finetune", action="store_true", help="do not run the fine-tuned rows (shard 0 runs them)")
     args = p.parse_args(argv)
     if args.threads:
         import torch
@@ -326,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         import tests.conftest  # noqa: F401  (registers the test id)
     if not args.render_only:
         i, n = (int(v) for v in args.shard.split("/"))
-        execute(config, (i, n))
+        execute(config, (i, n), finetune=not args.skip_finetune)
     render(config, argv)
 
 

@@ -242,7 +242,9 @@ def render(config: GridConfig, argv: list[str]) -> None:
         f"Protocol: {config.episodes} episodes per search ({config.warmup} warm-up), reward = top-1 on "
         f"{config.env_kwargs.get('val_size', 1000)} training images held out (seed 0), after BN recalibration on 500 other "
         "training images; test accuracy = the best episode's pruned net on the 10,000 test images (no fine-tuning). "
-        "Random search uses as many evaluations as an RL run. FLOPs = MACs of conv + linear layers.", "",
+        "Random search uses as many evaluations as an RL run. FLOPs = MACs of conv + linear layers. "
+        "The reward split comes from training images the checkpoint was trained on, so its accuracies run high; "
+        "the test column is the honest one.", "",
         f"Unpruned: reward-split {100 * base['val_accuracy']:.2f} %, test {100 * base['test_accuracy']:.2f} %, "
         f"{base['macs'] / 1e6:.2f} M MACs, {base['params'] / 1e6:.3f} M params.", "",
         "| method | runs | MACs kept | params kept | reward-split acc. (%) | test acc. (%) | Δ test (pt) | "

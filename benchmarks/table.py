@@ -110,13 +110,13 @@ def _finished(folder: Path) -> bool:
         return False
 
 
-def execute(config: GridConfig, shard: tuple[int, int], finetune: bool = True) -> None:
+def execute(config: GridConfig, shard: tuple[int, int], finetune: bool = True, only: set[str] | None = None) -> None:
     from agents.baselines import run_baseline
     from agents.search import SearchConfig, run_search
 
     runs_here = 0
     for i, (method, seed) in enumerate(runs_of(config)):
-        if i % shard[1] != shard[0]:
+        if i % shard[1] != shard[0] or (only and method.name not in only):
             continue
         folder = run_dir(config, method, seed)
         if not _finished(folder):
@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, help="torch threads for this process")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--skip-finetune", action="store_true", help="do not run the fine-tuned rows (shard 0 runs them)")
+    p.add_argument("--methods", help="comma-separated method names: run only these")
     args = p.parse_args(argv)
     if args.threads:
         import torch
@@ -332,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         import tests.conftest  # noqa: F401  (registers the test id)
     if not args.render_only:
         i, n = (int(v) for v in args.shard.split("/"))
-        execute(config, (i, n), finetune=not args.skip_finetune)
+        only = set(args.methods.split(",")) if args.methods else None
+        execute(config, (i, n), finetune=not args.skip_finetune, only=only)
     render(config, argv)
 
 

@@ -160,8 +160,8 @@ class AGMCEnv(gym.Env):
         self.flops_target, self.lbound, self.rbound = flops_target, lbound, rbound
         self.num_decisions = len(self.analysis.decisions)
         self._example = example
-        self._layer_static = self._layer_table()
         self._decision_macs = self.cost.decision_macs()
+        self._layer_static = self._layer_table()
 
         n = max_nodes or self.op_graph.num_nodes
         e = max_edges or self.op_graph.edge_index.shape[1]
@@ -201,7 +201,7 @@ class AGMCEnv(gym.Env):
             h, w = (in_shape[2], in_shape[3]) if len(in_shape) == 4 else (1, 1)
             rows.append([t, self.analysis.groups[gid].width, in_shape[1], h, w, s, k, 0.0])
         table = np.array(rows, dtype=np.float64)
-        table[:, 7] = self.cost.decision_macs()
+        table[:, 7] = self._decision_macs
         lo, hi = table.min(0), table.max(0)
         return np.where(hi > lo, (table - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
 

@@ -263,6 +263,10 @@ def render(config: GridConfig, argv: list[str]) -> None:
             f"| {m.name} | {len(mine)}/{expected} | {_fmt(g('macs_kept'), digits=3)} | {_fmt(g('params_kept'), digits=3)} | "
             f"{_fmt(g('val_accuracy'), 100)} | {_fmt(g('test_accuracy'), 100)} | {_fmt(g('delta_test'), 100)} | "
             f"{_fmt(g('episodes_to_within_0.5pt'), digits=0)} | {_fmt(g('search_seconds'), 1 / 60, 1)} |")
+    missing = sum((len(config.seeds) if m.stochastic else 1) - sum(r["method"] == m.name for r in rows) for m in METHODS)
+    if missing:
+        lines += ["", f"**Partial grid**: {missing} runs have not finished (rows show finished/planned runs); "
+                  "re-running the command above resumes the grid where it stopped."]
     lines += ["", f"Mean ± sample std over seeds. Fine-tuned rows ({config.finetune_epochs} epochs of "
               "`agmc finetune`: SGD + Nesterov, lr 0.01 cosine, wd 5e-4, batch 128, crop + flip, full training split; "
               f"seed {config.seeds[0]}'s best policy):", "",

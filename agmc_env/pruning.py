@@ -88,11 +88,10 @@ class Pruner:
     def _graph_template(self) -> fx.Graph:
         """The traced graph with every remap (channel pad / cat) turned into a ChannelRemap call."""
         graph = copy.deepcopy(self.analysis.gm.graph)
+        by_name = {n.name: n for n in graph.nodes}
         for node in list(graph.nodes):
             if node.name in self.analysis.remaps:
-                srcs = [n for n in graph.nodes if n.name in {s for s, _, _ in self.analysis.remaps[node.name].segments}]
-                by_name = {n.name: n for n in srcs}
-                args = tuple(by_name[s] for s, _, _ in self.analysis.remaps[node.name].segments)
+                args = tuple(by_name[src] for src, _, _ in self.analysis.remaps[node.name].segments)
                 with graph.inserting_after(node):
                     new = graph.call_module(self._remap_target(node.name), args)
                 node.replace_all_uses_with(new)

@@ -12,6 +12,7 @@ grid; any process (or ``--render-only``) renders what has finished into ``benchm
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import csv
 import datetime
 import json
@@ -110,28 +111,77 @@ def _finished(folder: Path) -> bool:
         return False
 
 
-def execute(config: GridConfig, shard: tuple[int, int], finetune: bool = True, only: set[str] | None = None) -> None:
+def machine() -> dict[str, Any]:
+    """What a run ran on, written beside it: tables may mix machines, and timings only compare on one."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"device": gpu or f"{platform.machine()} CPU", "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
+
+
+def run_one(config: GridConfig, method: Method, seed: int, runs_in_process: int = 1, parallel: int = 1) -> None:
+    """One grid cell through the same code paths as ``agmc search`` / ``agmc baseline``; resumes if interrupted."""
     from agents.baselines import run_baseline
     from agents.search import SearchConfig, run_search
 
-    runs_here = 0
-    for i, (method, seed) in enumerate(runs_of(config)):
-        if i % shard[1] != shard[0] or (only and method.name not in only):
-            continue
-        folder = run_dir(config, method, seed)
-        if not _finished(folder):
-            runs_here += 1
-            print(f"[{config.name}] {method.name} seed {seed} → {folder}", flush=True)
-            if method.kind == "baseline":
-                run_baseline(method.algo, config.env_id, folder, episodes=config.episodes, seed=seed,
-                             env_kwargs=config.env_kwargs, progress=False)
-            else:
-                run_search(SearchConfig(config.env_id, method.algo, method.embedding, config.episodes, config.warmup,
-                                        seed, method.reward_baseline, config.env_kwargs), folder, progress=False)
-            # Process-wide peak so far: exact for a process's first run, an upper bound after that.
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            (folder / "peak_rss.json").write_text(json.dumps({"peak_rss_mb": peak, "runs_in_process": runs_here}))
-        test_accuracy(folder)
+    folder = run_dir(config, method, seed)
+    print(f"[{config.name}] {method.name} seed {seed} → {folder}", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "machine.json").write_text(json.dumps({**machine(), "runs_in_parallel": parallel}))
+    if method.kind == "baseline":
+        run_baseline(method.algo, config.env_id, folder, episodes=config.episodes, seed=seed,
+                     env_kwargs=config.env_kwargs, progress=False)
+    else:
+        run_search(SearchConfig(config.env_id, method.algo, method.embedding, config.episodes, config.warmup,
+                                seed, method.reward_baseline, config.env_kwargs), folder, progress=False)
+    # Process-wide peak so far: exact for a process's first run, an upper bound after that.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (folder / "peak_rss.json").write_text(json.dumps({"peak_rss_mb": peak, "runs_in_process": runs_in_process}))
+    test_accuracy(folder)
+
+
+def _pending(config: GridConfig, shard: tuple[int, int], only: set[str] | None) -> list[tuple[Method, int]]:
+    return [(m, s) for i, (m, s) in enumerate(runs_of(config))
+            if i % shard[1] == shard[0] and (not only or m.name in only) and not _finished(run_dir(config, m, s))]
+
+
+def _worker_run(config_name: str, method_name: str, seed: int, threads: int | None, parallel: int) -> str:
+    """A pool worker's task (spawned process: CUDA cannot be forked)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = preset(config_name)
+    if config.env_id.startswith("AGMCTest"):
+        import tests.conftest  # noqa: F401  (registers the test id)
+    _worker_run.count = getattr(_worker_run, "count", 0) + 1  # type: ignore[attr-defined]
+    run_one(config, next(m for m in METHODS if m.name == method_name), seed, _worker_run.count, parallel)  # type: ignore[attr-defined]
+    return f"{method_name}-s{seed}"
+
+
+def execute(config: GridConfig, shard: tuple[int, int], finetune: bool = True, only: set[str] | None = None,
+            workers: int = 1, threads: int | None = None) -> None:
+    """Runs the pending cells of this shard, in this process or in ``workers`` processes at once."""
+    pending = _pending(config, shard, only)
+    if workers <= 1:
+        for n, (method, seed) in enumerate(pending, 1):
+            run_one(config, method, seed, n)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_worker_run, config.name, m.name, s, threads, workers): f"{m.name}-s{s}"
+                       for m, s in pending}
+            for future in as_completed(futures):
+                try:
+                    print(f"[{config.name}] finished {future.result()}", flush=True)
+                except Exception as exc:  # one failed cell must not stop the others; it stays pending
+                    print(f"[{config.name}] {futures[future]} FAILED: {exc!r}\n{exc.__cause__ or ''}", flush=True)
+    for method, seed in runs_of(config):
+        if _finished(run_dir(config, method, seed)):
+            test_accuracy(run_dir(config, method, seed))
     if shard[0] == 0 and finetune:
         for name in config.finetune_methods:
             finetuned(config, next(m for m in METHODS if m.name == name))
@@ -204,8 +254,17 @@ def _run_row(config: GridConfig, method: Method, seed: int, base_test: float) ->
         "delta_test": test - base_test,
         "episodes_to_within_0.5pt": int(np.argmax(best_so_far >= best_so_far[-1] - 0.005)) + 1,
         "search_seconds": sum(float(r["seconds"]) for r in rows),
+        "machine": _machine_label(folder),
         "curve": best_so_far.tolist(),
     }
+
+
+def _machine_label(folder: Path) -> str:
+    try:
+        m = json.loads((folder / "machine.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "not recorded"
+    return f"{m['device']}, {m['runs_in_parallel']} runs in parallel"
 
 
 def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -237,7 +296,9 @@ def render(config: GridConfig, argv: list[str]) -> None:
         f"Regenerate: `AGMC_DATA_DIR=../shared/data/cifar10 AGMC_WEIGHTS_DIR=../shared/weights python -m benchmarks.table {config.name}`"
         " (add `--shard i/n` to split the grid over n processes)  ",
         f"This render: `python -m benchmarks.table {' '.join(argv)}`, {datetime.datetime.now().isoformat(timespec='seconds')}  ",
-        f"Machine: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, Python {platform.python_version()}  ",
+        f"Rendered on: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, Python {platform.python_version()}  ",
+        "Runs ran on: " + "; ".join(f"{label} ({n} runs)" for label, n in
+                                    sorted(Counter(r["machine"] for r in rows).items())) + " (search time compares only within one machine)  ",
         f"Checkpoint: `{Path(weights).name}`; data: `$AGMC_DATA_DIR` = CIFAR-10 JPEG-derived copy (see ../shared/data/cifar10/README.md)  ",
         f"Protocol: {config.episodes} episodes per search ({config.warmup} warm-up), reward = top-1 on "
         f"{config.env_kwargs.get('val_size', 1000)} training images held out (seed 0), after BN recalibration on 500 other "
@@ -323,7 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i")
-    p.add_argument("--threads", type=int, help="torch threads for this process")
+    p.add_argument("--threads", type=int, help="torch threads per process")
+    p.add_argument("--workers", type=int, default=1, help="run this many grid cells at once, one process each")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--skip-finetune", action="store_true", help="do not run the fine-tuned rows (shard 0 runs them)")
     p.add_argument("--methods", help="comma-separated method names: run only these")
@@ -338,7 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.render_only:
         i, n = (int(v) for v in args.shard.split("/"))
         only = set(args.methods.split(",")) if args.methods else None
-        execute(config, (i, n), finetune=not args.skip_finetune, only=only)
+        execute(config, (i, n), finetune=not args.skip_finetune, only=only, workers=args.workers,
+                threads=args.threads)
     render(config, argv)
 
 

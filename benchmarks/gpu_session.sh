@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One GPU session, as run on a lent machine that gets the repository only (no ../shared, no internet):
+# CUDA checks (env step on CUDA, AMP, step timings), then the ResNet-56 grid in parallel workers until the
+# deadline. Build the payload here first:
+#   AGMC_DATA_DIR=../shared/data/cifar10 AGMC_WEIGHTS_DIR=../shared/weights python -m benchmarks.device_payload --wheels WHEELS
+# then, on the GPU machine, from the repository root with device_payload/ beside it:
+#   OUT=/some/folder BUDGET_S=540 WORKERS=14 bash benchmarks/gpu_session.sh
+# Everything it produces lands in $OUT: logs, step_speed_cuda.md, and the grid's run folders as runs.tgz.part-*
+# (unpack into benchmarks/runs/ and resume or render with python -m benchmarks.table resnet56_flops50).
+set -u
+T0=$(date +%s)
+BUDGET_S=${BUDGET_S:-540}
+WORKERS=${WORKERS:-14}
+OUT=${OUT:-/tmp/agmc_gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 AGMC_DATA_DIR=/tmp/agmc_data AGMC_WEIGHTS_DIR=$PWD/device_payload/weights
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site device_payload/whl/*.whl \
+  && export PYTHONPATH=/tmp/site:$PWD || exit 1
+python3 - <<'PY' || exit 1
+import lzma, pathlib, shutil
+src, dst = pathlib.Path("device_payload/cifar10/cifar-10-batches-py"), pathlib.Path("/tmp/agmc_data/cifar-10-batches-py")
+dst.mkdir(parents=True, exist_ok=True)
+for f in src.glob("*.xz"):
+    with lzma.open(f) as i, open(dst / f.stem, "wb") as o:
+        shutil.copyfileobj(i, o)
+PY
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, torch_geometric, gymnasium, stable_baselines3 as sb3; print('torch', torch.__version__, 'pyg', torch_geometric.__version__, 'gymnasium', gymnasium.__version__, 'sb3', sb3.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu.txt"
+echo "setup done at $(( $(date +%s) - T0 )) s"
+
+# 1. CUDA env step + AMP + timings against the reference-style step, same run.
+timeout 150 python3 -m benchmarks.step_speed --device cuda --reps 5 --out "$OUT/step_speed_cuda.md" 2>&1 | tail -25
+echo "step_speed done at $(( $(date +%s) - T0 )) s"
+
+# 2. The ResNet-56 grid: resumable cells, killed (whole process group) at the deadline.
+left=$(( BUDGET_S - ($(date +%s) - T0) - 25 ))
+timeout -k 5 "$left" python3 -m benchmarks.table resnet56_flops50 --workers "$WORKERS" --threads 1 --skip-finetune \
+  > "$OUT/grid.log" 2>&1
+echo "grid stopped (rc $?) at $(( $(date +%s) - T0 )) s"; grep -E "finished|FAILED" "$OUT/grid.log" | head -40
+
+# 3. Bring the runs back: everything but agent.zip; checkpoint.pt only where a run has not finished.
+python3 - "$OUT" <<'PY'
+import json, pathlib, sys, tarfile
+out = pathlib.Path(sys.argv[1])
+root = pathlib.Path("benchmarks/runs")
+with tarfile.open(out / "runs.tgz", "w:gz") as tar:
+    for f in sorted(root.rglob("*")):
+        if not f.is_file() or f.name == "agent.zip":
+            continue
+        if f.name == "checkpoint.pt":
+            run = json.loads((f.parent / "run.json").read_text()) if (f.parent / "run.json").exists() else {}
+            if run.get("finished"):
+                continue
+        tar.add(f, arcname=str(f.relative_to(root)))
+print("runs.tgz", (out / "runs.tgz").stat().st_size / 2**20, "MiB")
+PY
+cd "$OUT" && split -b 15M runs.tgz runs.tgz.part- && rm runs.tgz && ls -la "$OUT"

@@ -7,6 +7,7 @@ how many from the caller (the env's decisions). The result is a fresh ``fx.Graph
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Mapping
 
 import torch
@@ -46,7 +47,7 @@ def group_importance(analysis: ChannelAnalysis, gid: int, norm: str = "l1") -> t
     target = {n.name: n.target for n in analysis.gm.graph.nodes}
     score = torch.zeros(analysis.groups[gid].width, dtype=torch.float64)
     for name in analysis.groups[gid].producers:
-        w = modules[target[name]].weight.detach().double().flatten(1)
+        w = modules[target[name]].weight.detach().double().flatten(1).cpu()  # channel bookkeeping lives on the CPU
         score += w.abs().sum(1) if norm == "l1" else w.pow(2).sum(1).sqrt()
     return score
 
@@ -144,8 +145,9 @@ class Pruner:
                 new_modules[node.target] = copy.deepcopy(mod)
             else:
                 new_modules[node.target] = mod  # stateless (ReLU, pooling, Identity): safe to share
+        device = _device_of(gm)
         for name in self.analysis.remaps:
-            new_modules[self._remap_target(name)] = self._remap_module(name, kept)
+            new_modules[self._remap_target(name)] = self._remap_module(name, kept).to(device)
         for node in gm.graph.nodes:  # tensors read with get_attr (rare in CNNs) are copied as they are
             if node.op == "get_attr":
                 new_modules[node.target] = copy.deepcopy(_fetch_attr(gm, node.target))
@@ -171,7 +173,7 @@ class Pruner:
             shape = self.analysis.shapes[node.name]
             mask = mask.repeat_interleave(factor).view(1, -1, *([1] * (len(shape) - 2)))
             buf = f"agmc_mask_{node.name}"
-            gm.register_buffer(buf, mask)
+            gm.register_buffer(buf, mask.to(_device_of(gm)))
             with graph.inserting_after(node):
                 attr = graph.get_attr(buf)
             with graph.inserting_after(attr):
@@ -179,6 +181,12 @@ class Pruner:
             node.replace_all_uses_with(mul, delete_user_cb=lambda user: user is not mul)
         gm.recompile()
         return gm
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    """Where the model's tensors live (indices are computed on the CPU and moved there)."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _fetch_attr(gm: nn.Module, target: str) -> object:

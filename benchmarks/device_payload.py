@@ -64,9 +64,9 @@ def main() -> None:
     if src is None:
         raise SystemExit("set $AGMC_DATA_DIR to the folder holding cifar-10-batches-py")
     kept = write_sparse_cifar(src, out / "cifar10" / CIFAR_FOLDER, args.val_size, args.calib_size, args.split_seed)
-    weights = Path(os.environ.get("AGMC_WEIGHTS_DIR", "")) / f"{args.model}-cifar10jpeg.pt"
-    if weights.is_file():
-        (out / "weights").mkdir(exist_ok=True)
+    # the published checkpoint and, where present, its JPEG-adapted fine-tune
+    (out / "weights").mkdir(exist_ok=True)
+    for weights in Path(os.environ.get("AGMC_WEIGHTS_DIR", "")).glob(f"{args.model}-*"):
         shutil.copy(weights, out / "weights" / weights.name)
     if args.wheels:
         shutil.copytree(args.wheels, out / "whl", dirs_exist_ok=True)

@@ -28,8 +28,20 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, torch_geometric, gymnasium, stable_baselines3 as sb3; print('torch', torch.__version__, 'pyg', torch_geometric.__version__, 'gymnasium', gymnasium.__version__, 'sb3', sb3.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu.txt"
 echo "setup done at $(( $(date +%s) - T0 )) s"
 
+# 0. Pre-flight on CUDA: a 3-episode search per algorithm (learning from episode 2) and the uniform baseline,
+#    so a device bug stops the session in seconds instead of failing every grid cell.
+W=$AGMC_WEIGHTS_DIR/resnet56-cifar10jpeg.pt
+for combo in ddpg:gnn td3:gnn-lstm sac:amc; do
+  python3 -m agents.cli search AGMC-ResNet56-v0 --algo ${combo%%:*} --embedding ${combo##*:} --episodes 3 --warmup 1 \
+    --weights "$W" --device cuda --no-progress --out /tmp/preflight-${combo%%:*} > "$OUT/preflight.log" 2>&1 \
+    || { tail -30 "$OUT/preflight.log"; exit 1; }
+done
+python3 -m agents.cli baseline AGMC-ResNet56-v0 --method uniform --weights "$W" --device cuda --out /tmp/preflight-u \
+  >> "$OUT/preflight.log" 2>&1 || { tail -30 "$OUT/preflight.log"; exit 1; }
+echo "preflight done at $(( $(date +%s) - T0 )) s"; tail -3 "$OUT/preflight.log"
+
 # 1. CUDA env step + AMP + timings against the reference-style step, same run.
-timeout 150 python3 -m benchmarks.step_speed --device cuda --reps 5 --out "$OUT/step_speed_cuda.md" 2>&1 | tail -25
+timeout 150 python3 -m benchmarks.step_speed --device cuda --reps 3 --out "$OUT/step_speed_cuda.md" 2>&1 | tail -25
 echo "step_speed done at $(( $(date +%s) - T0 )) s"
 
 # 2. The ResNet-56 grid: resumable cells, killed (whole process group) at the deadline.

@@ -127,6 +127,12 @@ def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
             f"torch.fx cannot trace {type(model).__name__}: {exc}. Data-dependent control flow is not supported; "
             f"wrap the offending submodule as a leaf or rewrite it without Python branches on tensor values"
         ) from exc
+    # Annotations written under `from __future__ import annotations` arrive as strings; older torch.fx
+    # cannot pickle a module whose generated code names them, so the pruned model could not be saved.
+    for node in gm.graph.nodes:
+        if isinstance(node.type, str):
+            node.type = None
+    gm.recompile()
     was_training = gm.training
     gm.eval()
     try:

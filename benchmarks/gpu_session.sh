@@ -28,10 +28,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, torch_geometric, gymnasium, stable_baselines3 as sb3; print('torch', torch.__version__, 'pyg', torch_geometric.__version__, 'gymnasium', gymnasium.__version__, 'sb3', sb3.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu.txt"
 echo "setup done at $(( $(date +%s) - T0 )) s"
 
-# 0. Pre-flight on CUDA: a 3-episode search per algorithm (learning from episode 2) and the uniform baseline,
+# 0. Pre-flight on CUDA: 3-episode searches (learning from episode 2) and the uniform baseline,
 #    so a device bug stops the session in seconds instead of failing every grid cell.
 W=$AGMC_WEIGHTS_DIR/resnet56-cifar10jpeg.pt
-for combo in ddpg:gnn td3:gnn-lstm sac:amc; do
+for combo in ddpg:gnn-lstm sac:gnn; do
   python3 -m agents.cli search AGMC-ResNet56-v0 --algo ${combo%%:*} --embedding ${combo##*:} --episodes 3 --warmup 1 \
     --weights "$W" --device cuda --no-progress --out /tmp/preflight-${combo%%:*} > "$OUT/preflight.log" 2>&1 \
     || { tail -30 "$OUT/preflight.log"; exit 1; }

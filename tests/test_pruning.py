@@ -90,3 +90,13 @@ def test_cost_model_matches_pruned_module():
     counts = np.maximum(1, cost.widths // 3)
     pruned = pruner.prune(pruner.kept(counts.tolist()))
     assert count_module(pruned, x) == (cost.macs(counts), cost.params(counts))
+
+
+def test_pruned_model_code_names_no_string_globals():
+    """String annotations (PEP 563) must not reach the pruned module's generated code: torch < 2.12 fails
+    to pickle a GraphModule whose globals hold a str (seen on the GPU machine's torch 2.11)."""
+    analysis = analyse(cifar_resnet(20).eval(), torch.randn(1, 3, 32, 32))
+    pruner = Pruner(analysis)
+    pruned = pruner.prune(pruner.kept([8] * len(analysis.decisions)))
+    code = pruned.graph.python_code(root_module="self")
+    assert not [k for k, v in code.globals.items() if isinstance(v, str)]

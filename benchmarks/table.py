@@ -128,7 +128,7 @@ def run_one(config: GridConfig, method: Method, seed: int, runs_in_process: int 
     folder = run_dir(config, method, seed)
     print(f"[{config.name}] {method.name} seed {seed} → {folder}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "machine.json").write_text(json.dumps({**machine(), "runs_in_parallel": parallel}))
+    _record_machine(folder, {**machine(), "runs_in_parallel": parallel})
     if method.kind == "baseline":
         run_baseline(method.algo, config.env_id, folder, episodes=config.episodes, seed=seed,
                      env_kwargs=config.env_kwargs, progress=False)
@@ -139,6 +139,19 @@ def run_one(config: GridConfig, method: Method, seed: int, runs_in_process: int 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (folder / "peak_rss.json").write_text(json.dumps({"peak_rss_mb": peak, "runs_in_process": runs_in_process}))
     test_accuracy(folder)
+
+
+def _record_machine(folder: Path, entry: dict[str, Any]) -> None:
+    """Appends this (re)start's machine: a resumed run may have run on several."""
+    sessions = _machines(folder)
+    (folder / "machine.json").write_text(json.dumps({"sessions": [*sessions, entry]}, indent=1))
+
+
+def _machines(folder: Path) -> list[dict[str, Any]]:
+    try:
+        return json.loads((folder / "machine.json").read_text())["sessions"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return []
 
 
 def _pending(config: GridConfig, shard: tuple[int, int], only: set[str] | None) -> list[tuple[Method, int]]:
@@ -260,11 +273,8 @@ def _run_row(config: GridConfig, method: Method, seed: int, base_test: float) ->
 
 
 def _machine_label(folder: Path) -> str:
-    try:
-        m = json.loads((folder / "machine.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return "not recorded"
-    return f"{m['device']}, {m['runs_in_parallel']} runs in parallel"
+    labels = dict.fromkeys(f"{m['device']} ({m['runs_in_parallel']} runs in parallel)" for m in _machines(folder))
+    return " then ".join(labels) or "not recorded"
 
 
 def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:

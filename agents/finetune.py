@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from agents.checkpoint_io import env_for, load_pruned
 from agents.search import save_pruned
-from agmc_env.data import normalised
+from agmc_env.data import ImageDataset, normalised
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -37,6 +37,10 @@ def finetune(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: i
         env_kwargs["data_dir"] = data_dir
     env = env_for(meta, **env_kwargs)
     data, dev, ev = env.dataset, env.device, env.evaluator
+    if not isinstance(data, ImageDataset):
+        raise ValueError(f"agmc finetune holds the whole training split in memory and supports in-memory datasets "
+                         f"(cifar10) only; {type(data).__name__} ({env.model_name}) needs a streaming fine-tuning "
+                         "loop, which agmc does not have yet")
     train_x = normalised(data.train_images, data.mean, data.std, dev)
     train_y = data.train_labels.to(dev)
     torch.manual_seed(seed)

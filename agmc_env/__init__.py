@@ -17,3 +17,8 @@ register(id="AGMC-ResNet20-v0", entry_point="agmc_env.env:AGMCEnv", max_episode_
          kwargs={"model": "resnet20", "dataset": "cifar10", "flops_target": 0.5})
 register(id="AGMC-ResNet56-v0", entry_point="agmc_env.env:AGMCEnv", max_episode_steps=27,
          kwargs={"model": "resnet56", "dataset": "cifar10", "flops_target": 0.5})
+# ImageNet presets (torchvision IMAGENET1K_V1 weights; data: an ImageFolder tree with train/ and val/).
+register(id="AGMC-MobileNetV2-v0", entry_point="agmc_env.env:AGMCEnv", max_episode_steps=18,
+         kwargs={"model": "mobilenet_v2", "dataset": "imagenet", "flops_target": 0.7})
+register(id="AGMC-VGG16-v0", entry_point="agmc_env.env:AGMCEnv", max_episode_steps=13,
+         kwargs={"model": "vgg16", "dataset": "imagenet", "flops_target": 0.2})

@@ -39,6 +39,17 @@ class ImageDataset:
         if len(self.train_images) != len(self.train_labels) or len(self.test_images) != len(self.test_labels):
             raise ValueError("ImageDataset: images and labels differ in length")
 
+    # The interface the env reads (shared with the lazily decoded ImageFolderDataset).
+    @property
+    def num_train(self) -> int:
+        return len(self.train_images)
+
+    def train_subset(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.train_images[idx], self.train_labels[idx]
+
+    def test_set(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.test_images[:limit], self.test_labels[:limit]
+
 
 @dataclass(frozen=True)
 class Split:

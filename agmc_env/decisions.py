@@ -24,6 +24,7 @@ import operator
 from dataclasses import dataclass, field
 
 import torch
+import torchvision
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
@@ -41,7 +42,8 @@ ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, F.hardswish, F.
                         F.sigmoid, torch.tanh, F.leaky_relu, F.elu, F.mish, F.hardsigmoid}
 ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
 POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.avg_pool2d, F.max_pool2d}
-PASS_FUNCTIONS = POOL_FUNCTIONS | {F.dropout, torch.clone}
+# stochastic_depth (EfficientNet, ConvNeXt) scales whole samples, never mixes channels: identity in eval mode
+PASS_FUNCTIONS = POOL_FUNCTIONS | {F.dropout, torch.clone, torchvision.ops.stochastic_depth}
 PASS_METHODS = {"contiguous", "clone", "detach"}
 MERGE_FUNCTIONS = {operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, torch.add, torch.mul,
                    torch.sub}

@@ -17,12 +17,14 @@ from agmc_env.data import ImageDataset, held_out_split, normalised
 from agmc_env.decisions import TraceError, analyse, describe_frozen
 from agmc_env.evaluate import Evaluator, resolve_device
 from agmc_env.graph import FEATURES, build_graph
+from agmc_env.imagefolder import ImageFolderDataset
 from agmc_env.pruning import Pruner
 from agmc_env.rewards import REWARDS
 
 LAYER_FEATURES = ("index", "out_channels", "in_channels", "h", "w", "stride", "kernel", "macs", "reduced", "rest",
                   "prev_action")
 SPLITS = ("val", "test")
+METRICS = ("top1", "top5")
 
 
 class AGMCEnv(gym.Env):
@@ -60,8 +62,8 @@ class AGMCEnv(gym.Env):
     ``env.unwrapped.graph`` gives the current graph as a ``torch_geometric.data.Data``.
 
     ## Rewards
-    0 on every step but the last. Then ``reward="acc"`` (default): top-1 accuracy in [0, 1] on the reward
-    split; ``"flops"``: −error·ln(MACs); ``"params"``: −error·ln(params). FLOPs means MACs of conv and
+    0 on every step but the last. Then ``reward="acc"`` (default): accuracy in [0, 1] on the reward split
+    (``reward_metric``: top-1 by default, or top-5; ``info`` carries both as ``top1`` / ``top5``); ``"flops"``: −error·ln(MACs); ``"params"``: −error·ln(params). FLOPs means MACs of conv and
     linear layers throughout.
 
     ## Starting State
@@ -76,7 +78,11 @@ class AGMCEnv(gym.Env):
 
     ## Arguments
     - ``model``: a preset name (``agmc_env.zoo.MODELS``) or any traceable ``nn.Module``.
-    - ``dataset``: ``"cifar10"`` (default: the preset's) or an ``agmc_env.data.ImageDataset``.
+    - ``model`` may also name any torchvision classification model (``"resnet18"``, ``"efficientnet_b0"``...):
+      ImageNet weights from torchvision's URL (sha256-prefix checked) when the dataset is ``"imagenet"``.
+    - ``dataset``: ``"cifar10"``, ``"imagenet"`` (default: the preset's), an ``agmc_env.data.ImageDataset`` or an
+      ``agmc_env.imagefolder.ImageFolderDataset``. ImageNet = a folder with ``train/`` and ``val/`` in
+      torchvision's ImageFolder layout; only the reward/calibration (and test) images are decoded, once.
     - ``weights``: checkpoint path; ``None`` = the preset's published checkpoint (``$AGMC_WEIGHTS_DIR``,
       else downloaded with a sha256 check into ``cache_dir`` / ``$AGMC_CACHE_DIR``) or a module's own
       weights; ``False`` = random init.
@@ -88,7 +94,8 @@ class AGMCEnv(gym.Env):
       multiples of it (or the full width).
     - ``val_size`` (1000): reward-split images held out from the training set (seed ``split_seed``);
       ``calib_size`` (500): disjoint training images for BN recalibration; ``bn_recalibration`` (True).
-    - ``split`` ("val" | "test"): score the reward split or, when asked, the test set.
+    - ``split`` ("val" | "test"): score the reward split or, when asked, the test set (``test_size``: a seeded
+      subset of that many test images; None = all). ``reward_metric`` ("top1" | "top5").
     - ``reward`` ("acc" | "flops" | "params"). ``device`` ("auto": CUDA if available). ``amp`` ("auto" |
       "bf16" | "off"); ``batch_size`` (None: per device). ``max_nodes`` / ``max_edges``: observation padding.
 
@@ -98,12 +105,13 @@ class AGMCEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, model: str | nn.Module = "resnet56", dataset: str | ImageDataset | None = None, *,
+    def __init__(self, model: str | nn.Module = "resnet56", dataset: str | ImageDataset | ImageFolderDataset | None = None, *,
                  weights: str | None | bool = None, data_dir: str | None = None, download: bool = False,
                  cache_dir: str | None = None, flops_target: float = 0.5, lbound: float = 0.2,
                  rbound: float = 1.0, prune_residual: bool = False, prune_linear: bool = False,
                  importance: str = "l1", channel_round: int = 1, val_size: int = 1000, calib_size: int = 500,
-                 split: str = "val", split_seed: int = 0, bn_recalibration: bool = True, reward: str = "acc",
+                 split: str = "val", split_seed: int = 0, test_size: int | None = None,
+                 bn_recalibration: bool = True, reward: str = "acc", reward_metric: str = "top1",
                  device: str = "auto", amp: str = "auto", batch_size: int | None = None,
                  max_nodes: int | None = None, max_edges: int | None = None, render_mode: str | None = None,
                  **unknown: Any) -> None:
@@ -112,35 +120,37 @@ class AGMCEnv(gym.Env):
             raise TypeError(f"unknown option(s) {sorted(unknown)} for AGMCEnv; valid options: {valid}")
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; choose one of {sorted(REWARDS)}")
+        if reward_metric not in METRICS:
+            raise ValueError(f"unknown reward_metric {reward_metric!r}; choose one of {METRICS}")
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
         if render_mode is not None:
             raise ValueError(f"render_mode={render_mode!r} is not supported; AGMCEnv renders nothing")
-        self.reward_name, self.split, self.bn_recalibration = reward, split, bn_recalibration
+        self.reward_name, self.reward_metric = reward, reward_metric
+        self.split, self.bn_recalibration = split, bn_recalibration
         self.device = resolve_device(device)
 
         # model → data
         if isinstance(model, str):
             dataset = zoo.default_dataset(model) if dataset is None else dataset
         dataset = "cifar10" if dataset is None else dataset
-        data = dataset if isinstance(dataset, ImageDataset) else zoo.load_dataset(dataset, data_dir, download)
+        data = dataset if not isinstance(dataset, str) else zoo.load_dataset(dataset, data_dir, download)
         self.dataset = data  # kept (not copied) for fine-tuning and reports
         if isinstance(model, str):
             self.model_name = model
-            net = zoo.build_model(model, data.num_classes, True if weights is None else weights, cache_dir)
+            net = zoo.build_model(model, data.num_classes, True if weights is None else weights, cache_dir,
+                                  dataset if isinstance(dataset, str) else None)
         else:
             self.model_name = type(model).__name__
             net = model
             if weights not in (None, False):
                 checkpoints.load_state_dict(net, weights)
         net = net.to(self.device).eval()
-        split_idx = held_out_split(len(data.train_images), val_size, calib_size, split_seed)
-        to_dev = lambda imgs: normalised(imgs, data.mean, data.std, self.device)  # noqa: E731
-        if split == "test":
-            images, labels = to_dev(data.test_images), data.test_labels.to(self.device)
-        else:
-            images, labels = to_dev(data.train_images[split_idx.reward]), data.train_labels[split_idx.reward].to(self.device)
-        calib = to_dev(data.train_images[split_idx.calib]) if bn_recalibration else images[:0]
+        split_idx = held_out_split(data.num_train, val_size, calib_size, split_seed)
+        raw, labels = data.test_set(test_size) if split == "test" else data.train_subset(split_idx.reward)
+        images, labels = normalised(raw, data.mean, data.std, self.device), labels.to(self.device)
+        calib = (normalised(data.train_subset(split_idx.calib)[0], data.mean, data.std, self.device)
+                 if bn_recalibration else images[:0])
         example = images[:1].contiguous()
 
         # graph → decisions → pruning/budget machinery
@@ -299,13 +309,14 @@ class AGMCEnv(gym.Env):
         if self.bn_recalibration:
             self.evaluator.recalibrate(model)
         t2 = time.perf_counter()
-        acc = self.evaluator.accuracy(model)
+        scores = self.evaluator.scores(model)
+        acc = scores[self.reward_metric]
         t3 = time.perf_counter()
         macs, params = count_module(model, self._example)  # measured on the real pruned module
         self._last_model = model
         return {
             "reward": REWARDS[self.reward_name](acc, macs, params),
-            "accuracy": acc, "flops_ratio": macs / self.cost.base_macs, "params_ratio": params / self.cost.base_params,
+            "accuracy": acc, **scores, "flops_ratio": macs / self.cost.base_macs, "params_ratio": params / self.cost.base_params,
             "macs": macs, "params": params, "channels": self._counts.tolist(),
             "timing": {"prune_s": t1 - t0, "calibrate_s": t2 - t1, "evaluate_s": t3 - t2},
         }

@@ -1,4 +1,4 @@
-"""The hot path of every episode: BatchNorm recalibration and top-1 accuracy of a pruned model.
+"""The hot path of every episode: BatchNorm recalibration and top-1 / top-5 accuracy of a pruned model.
 
 Images live on the evaluation device as normalised channels_last tensors, loaded once. Scoring runs
 under ``torch.inference_mode`` with BatchNorm folded into the preceding convolutions, channels_last,
@@ -86,15 +86,23 @@ class Evaluator:
     def accuracy(self, model: nn.Module, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                  dtype: torch.dtype | None | str = "default") -> float:
         """Top-1 accuracy (fraction) with BN folded into the convs; ``model`` itself is left unchanged."""
+        return self.scores(model, images, labels, dtype)["top1"]
+
+    def scores(self, model: nn.Module, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+               dtype: torch.dtype | None | str = "default") -> dict[str, float]:
+        """Top-1 and top-5 accuracy (fractions) in one pass; top-5 = top-1 when there are ≤ 5 classes."""
         images = self.images if images is None else images
         labels = self.labels if labels is None else labels
         dtype = self.dtype if dtype == "default" else dtype
         model.eval()
         fast = fuse(copy.deepcopy(model), inplace=True, no_trace=isinstance(model, torch.fx.GraphModule))
         fast = fast.to(memory_format=torch.channels_last)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        correct = torch.zeros(2, dtype=torch.long, device=self.device)
         with torch.inference_mode(), self._autocast(dtype):
             for start in range(0, len(images), self.batch_size):
                 logits = fast(images[start:start + self.batch_size])
-                correct += (logits.argmax(1) == labels[start:start + self.batch_size]).sum()
-        return correct.item() / len(images)
+                target = labels[start:start + self.batch_size]
+                correct[0] += (logits.argmax(1) == target).sum()  # argmax: ties resolve as before top-5 existed
+                correct[1] += (logits.topk(min(5, logits.shape[1]), dim=1).indices == target[:, None]).any(1).sum()
+        top1, top5 = (correct.double() / len(images)).tolist()
+        return {"top1": top1, "top5": top5}

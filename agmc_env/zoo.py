@@ -13,6 +13,7 @@ from torch import nn
 
 from agmc_env import checkpoints
 from agmc_env.data import ImageDataset, load_cifar10
+from agmc_env.imagefolder import ImageFolderDataset, load_imagenet
 from agmc_env.models import cifar_resnet
 
 AKAMASTER = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
@@ -34,8 +35,18 @@ class ModelPreset:
 
 @dataclass(frozen=True)
 class DatasetPreset:
-    load: Callable[..., ImageDataset]  # (data_dir, download) → ImageDataset
+    load: Callable[..., ImageDataset | ImageFolderDataset]  # (data_dir, download) → dataset
     input_shape: tuple[int, int, int]
+
+
+def _torchvision(name: str, weights: str = "DEFAULT") -> ModelPreset:
+    """A torchvision constructor; its ImageNet checkpoint (URL + the sha256 prefix in the file name) if any."""
+    try:
+        url = torchvision.models.get_model_weights(name)[weights].url
+    except (ValueError, KeyError):
+        url = None
+    checkpoint = Checkpoint(url.rsplit("/", 1)[1], url, url.rsplit("-", 1)[1].split(".")[0]) if url else None
+    return ModelPreset(lambda n: torchvision.models.get_model(name, num_classes=n), "imagenet", checkpoint)
 
 
 def _akamaster(depth: int, sha256: str) -> ModelPreset:
@@ -49,14 +60,25 @@ MODELS: dict[str, ModelPreset] = {
     "resnet44": _akamaster(44, "014dd6541728a1c700b1642ab640e211dc6eb8ed507d70697458dc8f8a0ae2e4"),
     "resnet56": _akamaster(56, "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367"),
     "resnet110": _akamaster(110, "1d1ed7c2"),  # full digest not published; the name's prefix is checked
-    # torchvision constructors on CIFAR-sized inputs; their ImageNet presets are a separate issue.
-    "mobilenet_v2": ModelPreset(lambda n: torchvision.models.mobilenet_v2(num_classes=n), "cifar10", None),
-    "vgg16": ModelPreset(lambda n: torchvision.models.vgg16(num_classes=n), "cifar10", None),
+    # torchvision's ImageNet weights (IMAGENET1K_V1, the paper's baselines); other torchvision CNNs by name below
+    "mobilenet_v2": _torchvision("mobilenet_v2", "IMAGENET1K_V1"),
+    "vgg16": _torchvision("vgg16", "IMAGENET1K_V1"),
 }
 
 DATASETS: dict[str, DatasetPreset] = {
     "cifar10": DatasetPreset(load_cifar10, (3, 32, 32)),
+    "imagenet": DatasetPreset(load_imagenet, (3, 224, 224)),
 }
+
+
+def model_preset(name: str) -> ModelPreset:
+    """``MODELS[name]``, else any torchvision classification model by name (ImageNet weights where it has them)."""
+    if name in MODELS:
+        return MODELS[name]
+    if name in torchvision.models.list_models(module=torchvision.models):
+        return _torchvision(name)
+    raise ValueError(f"unknown model {name!r}: not a preset ({sorted(MODELS)}) nor a torchvision classification "
+                     "model (torchvision.models.list_models()); pass an nn.Module as model= instead")
 
 
 def _choice(name: str, table: dict, what: str):
@@ -74,16 +96,17 @@ def input_shape(name: str) -> tuple[int, int, int]:
 
 
 def default_dataset(model: str) -> str:
-    return _choice(model, MODELS, "model").dataset
+    return model_preset(model).dataset
 
 
 def build_model(name: str, num_classes: int, weights: str | os.PathLike | None | bool = True,
-                cache_dir: str | os.PathLike | None = None) -> nn.Module:
-    """Preset ``name`` with its weights: ``weights=True`` → the preset's checkpoint (``$AGMC_WEIGHTS_DIR``,
-    then the cache, then a verified download); a path → that file; ``False``/``None`` → random init."""
-    preset = _choice(name, MODELS, "model")
+                cache_dir: str | os.PathLike | None = None, dataset: str | None = None) -> nn.Module:
+    """Model ``name`` with its weights: ``weights=True`` → the preset's checkpoint (``$AGMC_WEIGHTS_DIR``,
+    then the cache, then a verified download) when ``dataset`` is the one it was trained on (else random
+    init); a path → that file; ``False``/``None`` → random init."""
+    preset = model_preset(name)
     model = preset.build(num_classes)
-    if weights is True and preset.checkpoint is None:
+    if weights is True and (preset.checkpoint is None or (dataset or preset.dataset) != preset.dataset):
         weights = None  # no published weights for this dataset: random init, as documented
     if weights is None or weights is False:
         return model

@@ -40,12 +40,13 @@ def test_step_before_reset(env):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"model": "resnet57"}, r"unknown model 'resnet57'; choose one of \[.*resnet56"),
+    ({"model": "resnet57"}, r"unknown model 'resnet57': not a preset \(\[.*resnet56.*torchvision"),
+    ({"reward_metric": "top3"}, r"unknown reward_metric 'top3'; choose one of \('top1', 'top5'\)"),
     ({"reward": "top5"}, r"unknown reward 'top5'; choose one of \['acc', 'flops', 'params'\]"),
     ({"split": "train"}, r"unknown split"),
     ({"importance": "l3"}, r"unknown importance 'l3'"),
     ({"amp": "fp8"}, r"unknown amp"),
-    ({"dataset": "imagenet42"}, r"unknown dataset 'imagenet42'; choose one of \['cifar10'\]"),
+    ({"dataset": "imagenet42"}, r"unknown dataset 'imagenet42'; choose one of \['cifar10', 'imagenet'\]"),
 ])
 def test_unknown_choices_list_the_valid_ones(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from agmc_env.decisions import TraceError, analyse, trace
+from agmc_env.decisions import TraceError, analyse, describe_frozen, trace
 from agmc_env.graph import OP_TYPES, build_graph
 from agmc_env.models import cifar_resnet
 
@@ -98,3 +98,14 @@ def test_untraceable_model_names_the_problem():
 
     with pytest.raises(TraceError, match="cannot trace Branchy"):
         trace(Branchy(), X)
+
+
+@pytest.mark.parametrize("name, plain, with_residual", [
+    ("mobilenet_v2", 18, 25), ("vgg16", 13, 13), ("resnet18", 8, 12), ("efficientnet_b0", 17, 40)])
+def test_torchvision_models_decision_counts(name, plain, with_residual):
+    """Any torchvision CNN: decisions found automatically, nothing pinned by an unknown op."""
+    model = torchvision.models.get_model(name, num_classes=10)
+    for residual, expected in ((False, plain), (True, with_residual)):
+        a = analyse(model, X, prune_residual=residual)
+        assert len(a.decisions) == expected
+        assert describe_frozen(a) == []

@@ -16,6 +16,8 @@ MODELS = {
     "resnet20": lambda: cifar_resnet(20),
     "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=10),
     "vgg11": lambda: torchvision.models.vgg11_bn(num_classes=10),
+    "resnet18": lambda: torchvision.models.resnet18(num_classes=10),
+    "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=10),  # SE blocks, stochastic depth
 }
 
 

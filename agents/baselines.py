@@ -21,12 +21,12 @@ METHODS = ("uniform", "random")
 
 
 def uniform_ratio(env, tol: float = 1e-4) -> float:
-    """The largest single keep ratio whose (rounded) channel counts meet the MACs budget."""
+    """The largest single keep ratio whose (rounded) counts meet the budget (MACs, or non-zero params)."""
     base = env.unwrapped
-    wall, cost = base.wall, base.cost
+    wall = base.wall
 
     def macs(r: float) -> float:
-        return cost.macs(np.array([wall.desired(t, r) for t in range(base.num_decisions)]))
+        return base.kept_cost(np.array([wall.desired(t, r) for t in range(base.num_decisions)]))
 
     lo, hi = base.lbound, base.rbound
     if macs(hi) <= wall.budget:

@@ -35,10 +35,15 @@ def _add_env_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", help="checkpoint path for the model (default: the preset's published weights)")
     g.add_argument("--data-dir", help="dataset folder (default: $AGMC_DATA_DIR)")
     g.add_argument("--device", help="auto | cpu | cuda (default auto)")
+    g.add_argument("--granularity", choices=("channel", "fine"), help="channel pruning (default) or per-layer "
+                   "weight sparsity (fine; needs --params-target)")
+    g.add_argument("--params-target", type=float, help="fine mode: fraction of parameters left non-zero")
+    g.add_argument("--reward-metric", choices=("top1", "top5"), help="accuracy the reward uses (default top1)")
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("flops_target", "val_size", "calib_size", "prune_residual", "weights", "data_dir", "device")
+    names = ("flops_target", "val_size", "calib_size", "prune_residual", "weights", "data_dir", "device",
+             "granularity", "params_target", "reward_metric")
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 

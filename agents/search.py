@@ -7,7 +7,8 @@ Files in the output folder:
 - ``trajectories.jsonl`` — the agent's (scaled) actions per episode, from which the replay buffer is
   rebuilt on resume (observations are a deterministic function of the actions; rewards are logged),
   so checkpoints stay a few MB instead of hundreds;
-- ``best.json`` / ``best_pruned.pt`` — the best episode and its physically pruned model;
+- ``best.json`` / ``best_pruned.pt`` — the best episode and its physically pruned model (fine-grained
+  mode: the dense model with the zeros applied, plus ``best_sparse.pt``, its sparse COO state dict);
 - ``checkpoint.pt`` — agent (SB3 zip bytes), episode counter, best so far, every RNG state; written
   atomically (write, then rename) after each episode's update;
 - ``agent.zip`` and ``tb/`` (TensorBoard, via SB3's logger) when the search finishes.
@@ -36,6 +37,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from agents.algorithms import ALGORITHMS, make_agent
 from agents.envs import make_env
 from agents.noise import AMCNoise
+from agmc_env.sparsity import save_sparse
 
 EPISODE_FIELDS = ["episode", "reward", "accuracy", "flops_ratio", "params_ratio", "keep_ratios", "seconds"]
 
@@ -115,8 +117,14 @@ class Recorder:
         if self.best is None or reward > self.best["reward"]:
             self.best = {"episode": self.episodes, "reward": reward, "accuracy": info["accuracy"],
                          "flops_ratio": info["flops_ratio"], "params_ratio": info["params_ratio"],
-                         "keep_ratios": info["keep_ratios"], "channels": info["channels"], **self._meta()}
+                         "keep_ratios": info["keep_ratios"], "counts": info["counts"],
+                         **{k: info[k] for k in ("top1", "top5", "sparsity", "nonzero_params") if k in info},
+                         **self._meta()}
             save_pruned(self.out / "best_pruned.pt", env.pruned_model(), self.best)
+            if getattr(env, "granularity", "channel") == "fine":  # zeros stored as a sparse state dict too
+                buf = io.BytesIO()
+                save_sparse(env.pruned_model(), buf)
+                _atomic_write(self.out / "best_sparse.pt", buf.getvalue())
             _atomic_write(self.out / "best.json", json.dumps(self.best, indent=2).encode())
         self.episodes += 1
 

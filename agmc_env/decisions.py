@@ -14,9 +14,11 @@ output and any op the analysis does not understand freeze the groups they touch,
 so that unsupported models fail loudly instead of being pruned wrongly.
 
 By default (``prune_residual=False``) the groups that carry the block-to-block stream are left whole:
-groups joined by an elementwise merge (residual adds) and linear bottlenecks (groups whose channels
+groups joined by an elementwise merge of full-size tensors (residual adds; an SE gate, which
+multiplies by a per-channel scale, couples indices without making a stream) and linear bottlenecks (groups whose channels
 reach their consumers through no nonlinearity, as MobileNet-v2's projections). What remains are the
-block-internal widths: CIFAR ResNet conv1 outputs, MobileNet-v2 expansion widths, VGG conv outputs.
+block-internal widths: CIFAR ResNet conv1 outputs, MobileNet-v2 / EfficientNet expansion widths (with
+their SE layers), VGG conv outputs.
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ class ChannelGroup:
     producers: list[str] = field(default_factory=list)  # conv/linear nodes that create them
     remaps: list[str] = field(default_factory=list)  # pad/cat nodes that write into them
     frozen_by: list[str] = field(default_factory=list)  # why the width is pinned (input, output, unknown op)
-    merged: bool = False  # joined by an elementwise op (residual add, SE multiply)
+    merged: bool = False  # a stream: full-size tensors joined elementwise (residual add; not an SE gate)
     activated: bool = False  # passes through a nonlinearity
 
     @property
@@ -341,7 +343,10 @@ def _merge(node, inputs, shape, shapes, space, factor, uf, merged, freeze, modul
     for a in node.all_input_nodes:
         if a.op == "get_attr":
             freeze(sid, f"elementwise op with a constant {_op_name(node, modules)}")
-    merged.add(sid)
+    # A stream (residual add) joins two full-size tensors; a gate (SE: x * scale[N, C, 1, 1]) couples the
+    # indices but leaves the group a block-internal width.
+    if sum(tuple(shapes[a.name]) == tuple(shape) for a in coupled) >= 2:
+        merged.add(sid)
     space[node.name] = sid
     factor[node.name] = factor[coupled[0].name]
 

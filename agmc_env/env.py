@@ -20,11 +20,13 @@ from agmc_env.graph import FEATURES, build_graph
 from agmc_env.imagefolder import ImageFolderDataset
 from agmc_env.pruning import Pruner
 from agmc_env.rewards import REWARDS
+from agmc_env.sparsity import WeightSparsity, nonzero_params
 
 LAYER_FEATURES = ("index", "out_channels", "in_channels", "h", "w", "stride", "kernel", "macs", "reduced", "rest",
                   "prev_action")
 SPLITS = ("val", "test")
 METRICS = ("top1", "top5")
+GRANULARITIES = ("channel", "fine")
 
 
 class AGMCEnv(gym.Env):
@@ -90,6 +92,11 @@ class AGMCEnv(gym.Env):
     - ``flops_target`` (0.5): MACs to keep, as a fraction. ``lbound`` / ``rbound`` (0.2 / 1.0): keep-ratio range.
     - ``prune_residual`` (False): also prune residual-stream groups (indices aligned across adds and
       option-A pad shortcuts). ``prune_linear`` (False): also prune hidden linear layers.
+    - ``granularity`` ("channel" | "fine"). ``"fine"``: the decisions are every conv and linear weight in
+      forward order, the action is the fraction of that layer's weights kept non-zero (the smallest
+      magnitudes are zeroed), and the wall guarantees ≤ ``params_target`` × the original parameters
+      non-zero (biases and BN count in full). ``info`` adds ``nonzero_params`` and ``sparsity``; the reward
+      keeps ``params_ratio`` = non-zero fraction and ``flops_ratio`` = 1 (zeros are not dense speed).
     - ``importance`` ("l1" | "l2"): filter norm, summed over a group. ``channel_round`` (1): kept counts are
       multiples of it (or the full width).
     - ``val_size`` (1000): reward-split images held out from the training set (seed ``split_seed``);
@@ -100,7 +107,8 @@ class AGMCEnv(gym.Env):
       "bf16" | "off"); ``batch_size`` (None: per device). ``max_nodes`` / ``max_edges``: observation padding.
 
     ## Version History
-    - v0: initial release.
+    - v0: initial release (channel pruning, CIFAR presets); ImageNet presets, ImageFolder data, any torchvision
+      model by name, top-1/top-5 and ``granularity="fine"`` added without changing the channel-mode MDP.
     """
 
     metadata = {"render_modes": []}
@@ -110,6 +118,7 @@ class AGMCEnv(gym.Env):
                  cache_dir: str | None = None, flops_target: float = 0.5, lbound: float = 0.2,
                  rbound: float = 1.0, prune_residual: bool = False, prune_linear: bool = False,
                  importance: str = "l1", channel_round: int = 1, val_size: int = 1000, calib_size: int = 500,
+                 granularity: str = "channel", params_target: float | None = None,
                  split: str = "val", split_seed: int = 0, test_size: int | None = None,
                  bn_recalibration: bool = True, reward: str = "acc", reward_metric: str = "top1",
                  device: str = "auto", amp: str = "auto", batch_size: int | None = None,
@@ -155,23 +164,40 @@ class AGMCEnv(gym.Env):
 
         # graph → decisions → pruning/budget machinery
         self.analysis = analyse(net, example, prune_residual=prune_residual, prune_linear=prune_linear)
-        if not self.analysis.decisions:
-            reasons = describe_frozen(self.analysis)
-            raise TraceError(f"no prunable channel group found in {self.model_name}"
-                             + (f"; pinned by: {reasons}" if reasons else
-                                " (try prune_residual=True or prune_linear=True)"))
-        self.cost = CostModel(self.analysis)
-        self.wall = BudgetWall(self.cost, flops_target=flops_target, lbound=lbound, rbound=rbound,
-                               channel_round=channel_round)
-        self.pruner = Pruner(self.analysis, importance)
-        self.op_graph = build_graph(self.analysis)
+        self.cost = CostModel(self.analysis)  # dense MACs / params, also reported in fine mode
+        if granularity == "channel":
+            if params_target is not None:
+                raise ValueError("params_target applies to granularity='fine'; channel pruning budgets MACs "
+                                 "(flops_target)")
+            if not self.analysis.decisions:
+                reasons = describe_frozen(self.analysis)
+                raise TraceError(f"no prunable channel group found in {self.model_name}"
+                                 + (f"; pinned by: {reasons}" if reasons else
+                                    " (try prune_residual=True or prune_linear=True)"))
+            self.wall = BudgetWall(self.cost, flops_target=flops_target, lbound=lbound, rbound=rbound,
+                                   channel_round=channel_round)
+            self.pruner = Pruner(self.analysis, importance)
+            self.op_graph = build_graph(self.analysis)
+            self.widths = self.cost.widths
+            self._decision_cost, self._base_cost = self.cost.decision_macs(), self.cost.base_macs
+            producers = [self.analysis.groups[gid].producers[0] for gid in self.analysis.decisions]
+        elif granularity == "fine":
+            if params_target is None:
+                raise ValueError("granularity='fine' needs params_target= (fraction of parameters left non-zero)")
+            self.wall = WeightSparsity(self.analysis, params_target=params_target, lbound=lbound, rbound=rbound)
+            self.op_graph = build_graph(self.analysis).retarget({n: t for t, n in enumerate(self.wall.nodes)})
+            self.widths = self.wall.widths
+            self._decision_cost, self._base_cost = self.widths.astype(np.float64), float(self.wall.base_params)
+            producers = self.wall.nodes
+        else:
+            raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
+        self.granularity, self.params_target = granularity, params_target
         self.evaluator = Evaluator(images, labels, calib, self.device, batch_size, amp)
         self.evaluator.choose_precision(self.analysis.gm)
         self.flops_target, self.lbound, self.rbound = flops_target, lbound, rbound
-        self.num_decisions = len(self.analysis.decisions)
+        self.num_decisions = len(self.widths)
         self._example = example
-        self._decision_macs = self.cost.decision_macs()
-        self._layer_static = self._layer_table()
+        self._layer_static = self._layer_table(producers)
 
         n = max_nodes or self.op_graph.num_nodes
         e = max_edges or self.op_graph.edge_index.shape[1]
@@ -197,21 +223,22 @@ class AGMCEnv(gym.Env):
         self._last_model: nn.Module | None = None
 
     # ------------------------------------------------------------------ state
-    def _layer_table(self) -> np.ndarray:
-        """AMC's static columns per decision, min–max scaled over decisions (a constant column → 0)."""
+    def _layer_table(self, producers: list[str]) -> np.ndarray:
+        """AMC's static columns per decision (from the layer that produces it), min–max scaled over decisions
+        (a constant column → 0). The cost column is MACs for channels, weights for fine-grained decisions."""
         modules = dict(self.analysis.gm.named_modules())
         target = {nd.name: nd for nd in self.analysis.gm.graph.nodes}
         rows = []
-        for t, gid in enumerate(self.analysis.decisions):
-            node = target[self.analysis.groups[gid].producers[0]]
+        for t, name in enumerate(producers):
+            node = target[name]
             mod = modules[node.target]
             in_shape = self.analysis.shapes[node.all_input_nodes[0].name]
             k = mod.kernel_size[0] if isinstance(mod, nn.Conv2d) else 1
             s = mod.stride[0] if isinstance(mod, nn.Conv2d) else 1
             h, w = (in_shape[2], in_shape[3]) if len(in_shape) == 4 else (1, 1)
-            rows.append([t, self.analysis.groups[gid].width, in_shape[1], h, w, s, k, 0.0])
+            rows.append([t, self.analysis.shapes[name][1], in_shape[1], h, w, s, k, 0.0])
         table = np.array(rows, dtype=np.float64)
-        table[:, 7] = self._decision_macs
+        table[:, 7] = self._decision_cost
         lo, hi = table.min(0), table.max(0)
         return np.where(hi > lo, (table - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
 
@@ -228,13 +255,17 @@ class AGMCEnv(gym.Env):
         return {"node_mask": node_mask, "edge_index": edge_index, "edge_mask": edge_mask,
                 "node_decision": node_decision}
 
+    def kept_cost(self, counts: np.ndarray) -> float:
+        """What the budget wall limits, for per-decision counts: MACs (channels) or non-zero params (fine)."""
+        return self.cost.macs(counts) if self.granularity == "channel" else float(self.wall.nonzero(counts))
+
     def keep_ratios(self) -> list[float]:
         """Applied keep ratios of the decisions made so far in this episode."""
-        return (self._counts[: self._t] / self.cost.widths[: self._t]).tolist()
+        return (self._counts[: self._t] / self.widths[: self._t]).tolist()
 
     def _ratios_so_far(self) -> np.ndarray:
         r = np.ones(self.num_decisions)
-        r[: self._t] = self._counts[: self._t] / self.cost.widths[: self._t]
+        r[: self._t] = self._counts[: self._t] / self.widths[: self._t]
         return r
 
     def _observation(self) -> dict[str, np.ndarray]:
@@ -246,16 +277,16 @@ class AGMCEnv(gym.Env):
         x[: len(feats)] = feats
         decision_nodes = np.zeros(n, dtype=np.float32)
         decision_nodes[: len(feats)] = feats[:, -1]
-        full = self.cost.widths.copy()
+        full = self.widths.copy()
         full[:t] = self._counts[:t]
-        base = self.cost.base_macs
+        base = self._base_cost
         layer = np.zeros(len(LAYER_FEATURES), dtype=np.float32)
         layer[:8] = self._layer_static[min(t, T - 1)]
         if t == T:
             layer[0] = 1.0
-        layer[8] = (base - self.cost.macs(full)) / base
-        layer[9] = self._decision_macs[t + 1:].sum() / base if t < T else 0.0
-        layer[10] = self._counts[t - 1] / self.cost.widths[t - 1] if t > 0 else 1.0
+        layer[8] = (base - self.kept_cost(full)) / base
+        layer[9] = self._decision_cost[t + 1:].sum() / base if t < T else 0.0
+        layer[10] = self._counts[t - 1] / self.widths[t - 1] if t > 0 else 1.0
         return {"x": x, "decision_index": np.array([t], dtype=np.int64), "decision_nodes": decision_nodes,
                 "layer": np.clip(layer, 0.0, 1.0), **{k: v.copy() for k, v in self._static_obs.items()}}
 
@@ -304,7 +335,11 @@ class AGMCEnv(gym.Env):
 
     def _finish(self) -> dict[str, Any]:
         t0 = time.perf_counter()
-        model = self.pruner.prune(self.pruner.kept(self._counts.tolist()))
+        counts = self._counts.tolist()
+        if self.granularity == "channel":
+            model = self.pruner.prune(self.pruner.kept(counts))
+        else:
+            model = self.wall.apply(self.analysis.gm, counts)
         t1 = time.perf_counter()
         if self.bn_recalibration:
             self.evaluator.recalibrate(model)
@@ -312,12 +347,16 @@ class AGMCEnv(gym.Env):
         scores = self.evaluator.scores(model)
         acc = scores[self.reward_metric]
         t3 = time.perf_counter()
-        macs, params = count_module(model, self._example)  # measured on the real pruned module
+        macs, params = count_module(model, self._example)  # measured on the real module
+        sizes: dict[str, Any] = {"macs": macs, "params": params}
+        if self.granularity == "fine":  # zeros do not shrink dense compute: report sparsity, not speed
+            params, weights = nonzero_params(model)
+            sizes.update(nonzero_params=params, sparsity=1.0 - (params - (sizes["params"] - weights)) / weights)
         self._last_model = model
         return {
             "reward": REWARDS[self.reward_name](acc, macs, params),
             "accuracy": acc, **scores, "flops_ratio": macs / self.cost.base_macs, "params_ratio": params / self.cost.base_params,
-            "macs": macs, "params": params, "channels": self._counts.tolist(),
+            **sizes, "counts": counts, **({"channels": counts} if self.granularity == "channel" else {}),
             "timing": {"prune_s": t1 - t0, "calibrate_s": t2 - t1, "evaluate_s": t3 - t2},
         }
 

@@ -86,6 +86,14 @@ class OpGraph:
                         else np.zeros(self.num_nodes, np.float32)], axis=1)
         return np.concatenate([self.static, dyn], axis=1)
 
+    def retarget(self, decision_of: dict[str, int]) -> OpGraph:
+        """The same graph with other decisions (e.g. one per weight layer): node name → decision index;
+        the prunable flag follows."""
+        out_dec = np.array([decision_of.get(n, -1) for n in self.names], dtype=np.int64)
+        static = self.static.copy()
+        static[:, STATIC_FEATURES.index("prunable")] = (out_dec >= 0).astype(np.float32)
+        return OpGraph(self.names, self.op_types, self.edge_index, static, out_dec, np.full_like(out_dec, -1))
+
     def to_pyg(self, x: np.ndarray):  # -> torch_geometric.data.Data (imported lazily: heavy import)
         from torch_geometric.data import Data
 

@@ -39,3 +39,21 @@ def test_best_pruned_evaluates_to_logged_accuracy(tmp_path):
     assert env.evaluator.accuracy(model) == best["accuracy"]
     assert sum(p.numel() for p in model.parameters()) < env.cost.base_params
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+
+
+def test_fine_grained_search_and_uniform_baseline(tmp_path):
+    """The same agents drive the fine-grained mode; the best model is exported dense (zeros applied) and sparse."""
+    from agents.baselines import run_baseline
+    from agmc_env.sparsity import load_sparse, nonzero_params
+
+    kwargs = {"granularity": "fine", "params_target": 0.5, "lbound": 0.1}
+    best = run_search(SearchConfig("AGMCTest-Tiny-v0", algo="ddpg", embedding="gnn", episodes=3, warmup=1, seed=0,
+                                   env_kwargs=kwargs), tmp_path / "ddpg", progress=False)
+    model, meta = load_pruned(tmp_path / "ddpg" / "best_pruned.pt")
+    nonzero, _ = nonzero_params(model)
+    assert nonzero == best["nonzero_params"] and best["params_ratio"] <= 0.5 and best["flops_ratio"] == 1.0
+    env = env_for(meta)
+    dense = load_sparse(env.analysis.gm, tmp_path / "ddpg" / "best_sparse.pt")
+    assert nonzero_params(dense)[0] == nonzero
+    uniform = run_baseline("uniform", "AGMCTest-Tiny-v0", tmp_path / "uniform", env_kwargs=kwargs, progress=False)
+    assert 0.45 <= uniform["params_ratio"] <= 0.5  # one density for every layer, as high as the budget allows

@@ -14,8 +14,8 @@ output and any op the analysis does not understand freeze the groups they touch,
 so that unsupported models fail loudly instead of being pruned wrongly.
 
 By default (``prune_residual=False``) the groups that carry the block-to-block stream are left whole:
-groups joined by an elementwise merge of full-size tensors (residual adds; an SE gate, which
-multiplies by a per-channel scale, couples indices without making a stream) and linear bottlenecks (groups whose channels
+groups joined by an elementwise sum (residual adds; an SE gate, which multiplies by a per-channel
+scale, couples indices without making a stream) and linear bottlenecks (groups whose channels
 reach their consumers through no nonlinearity, as MobileNet-v2's projections). What remains are the
 block-internal widths: CIFAR ResNet conv1 outputs, MobileNet-v2 / EfficientNet expansion widths (with
 their SE layers), VGG conv outputs.
@@ -50,6 +50,7 @@ PASS_METHODS = {"contiguous", "clone", "detach"}
 MERGE_FUNCTIONS = {operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, torch.add, torch.mul,
                    torch.sub}
 MERGE_METHODS = {"add", "add_", "mul", "mul_", "sub"}
+GATE_OPS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
 RESHAPE_METHODS = {"flatten", "view", "reshape"}
 MEAN_FUNCTIONS = {torch.mean}
@@ -75,7 +76,7 @@ class ChannelGroup:
     producers: list[str] = field(default_factory=list)  # conv/linear nodes that create them
     remaps: list[str] = field(default_factory=list)  # pad/cat nodes that write into them
     frozen_by: list[str] = field(default_factory=list)  # why the width is pinned (input, output, unknown op)
-    merged: bool = False  # a stream: full-size tensors joined elementwise (residual add; not an SE gate)
+    merged: bool = False  # a stream: joined by an elementwise sum (residual add; not an SE gate's product)
     activated: bool = False  # passes through a nonlinearity
 
     @property
@@ -343,9 +344,10 @@ def _merge(node, inputs, shape, shapes, space, factor, uf, merged, freeze, modul
     for a in node.all_input_nodes:
         if a.op == "get_attr":
             freeze(sid, f"elementwise op with a constant {_op_name(node, modules)}")
-    # A stream (residual add) joins two full-size tensors; a gate (SE: x * scale[N, C, 1, 1]) couples the
-    # indices but leaves the group a block-internal width.
-    if sum(tuple(shapes[a.name]) == tuple(shape) for a in coupled) >= 2:
+    # A stream is summed (residual add); a product is a gate (SE: x * scale[N, C, 1, 1]) that couples the
+    # indices but leaves the group a block-internal width. Decided by the op, not by shapes: on 1×1 maps
+    # the gate has the full shape.
+    if node.target not in GATE_OPS:
         merged.add(sid)
     space[node.name] = sid
     factor[node.name] = factor[coupled[0].name]

@@ -11,6 +11,7 @@ from torch.fx.experimental.optimization import fuse
 
 from agents.checkpoint_io import env_for, load_pruned
 from agmc_env.budget import count_module
+from agmc_env.sparsity import nonzero_params
 
 
 def _latency_ms(model: torch.nn.Module, x: torch.Tensor, autocast_dtype, reps: int = 20) -> float:
@@ -36,15 +37,20 @@ def evaluate_checkpoint(path: str, split: str = "test", device: str = "auto", **
     env = env_for(meta, split=split, device=device, **env_overrides)
     ev = env.evaluator
     model = model.to(env.device)
-    stored = ev.accuracy(model)
+    stored = ev.scores(model)
     recal = copy.deepcopy(model)
     ev.recalibrate(recal)
-    recalibrated = ev.accuracy(recal)
+    recalibrated = ev.scores(recal)
     macs, params = count_module(model, ev.images[:1])
+    sparse = {}
+    if env.granularity == "fine":  # zeros are reported as sparsity; they do not change MACs or latency
+        nonzero, _ = nonzero_params(model)
+        sparse = {"nonzero_params": nonzero, "nonzero_ratio": nonzero / env.cost.base_params}
     return {
         "checkpoint": str(path), "split": split, "images": len(ev.images), "device": str(env.device),
         "precision": "bf16" if ev.dtype == torch.bfloat16 else "fp32",
-        "accuracy": stored, "accuracy_bn_recalibrated": recalibrated,
+        "accuracy": stored["top1"], "top5": stored["top5"], "accuracy_bn_recalibrated": recalibrated["top1"],
+        "top5_bn_recalibrated": recalibrated["top5"], **sparse,
         "macs": macs, "params": params, "flops_ratio": macs / env.cost.base_macs,
         "params_ratio": params / env.cost.base_params,
         "latency_ms_batch1": _latency_ms(model, ev.images[:1], ev.dtype),

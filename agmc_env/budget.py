@@ -139,7 +139,8 @@ class BudgetWall:
         if channel_round < 1:
             raise ValueError(f"channel_round must be ≥ 1, got {channel_round}")
         self.cost = cost
-        self.budget = flops_target * cost.base_macs
+        # MAC counts are integers (exact in float64): the budget is too, so the wall compares exactly.
+        self.budget = math.floor(flops_target * cost.base_macs)
         self.lbound, self.rbound, self.round = lbound, rbound, channel_round
         # Allowed counts per decision: multiples of channel_round (or the full width) within [lbound, rbound].
         self.allowed = []
@@ -152,7 +153,7 @@ class BudgetWall:
             self.allowed.append(np.array(counts, dtype=np.int64))
         self.min_counts = np.array([a[0] for a in self.allowed], dtype=np.int64)
         floor_ratio = cost.macs(self.min_counts) / cost.base_macs
-        if floor_ratio > flops_target + 1e-12:
+        if cost.macs(self.min_counts) > self.budget:
             raise ValueError(
                 f"flops_target={flops_target} is below the minimum reachable MACs ratio {floor_ratio:.4f} "
                 f"(every decision at lbound={lbound}); raise flops_target to ≥ {math.ceil(floor_ratio * 1e4) / 1e4}, "
@@ -173,7 +174,7 @@ class BudgetWall:
         k = np.tile(self.min_counts, (len(candidates), 1))
         k[:, :t] = decided[:t]
         k[:, t] = candidates
-        feasible = candidates[self.cost.macs_batch(k) <= self.budget * (1 + 1e-12)]
+        feasible = candidates[self.cost.macs_batch(k) <= self.budget]
         # The minimum count is always feasible (it reproduces the previous step's projection).
         return int(feasible.max()) if len(feasible) else int(allowed[0])
 

@@ -55,5 +55,9 @@ def test_fine_grained_search_and_uniform_baseline(tmp_path):
     env = env_for(meta)
     dense = load_sparse(env.analysis.gm, tmp_path / "ddpg" / "best_sparse.pt")
     assert nonzero_params(dense)[0] == nonzero
+    from agents.evaluation import evaluate_checkpoint
+
+    report = evaluate_checkpoint(str(tmp_path / "ddpg" / "best_pruned.pt"), split="val", device="cpu")
+    assert report["nonzero_params"] == nonzero and report["accuracy"] == best["accuracy"]
     uniform = run_baseline("uniform", "AGMCTest-Tiny-v0", tmp_path / "uniform", env_kwargs=kwargs, progress=False)
     assert 0.45 <= uniform["params_ratio"] <= 0.5  # one density for every layer, as high as the budget allows

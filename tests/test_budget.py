@@ -47,6 +47,15 @@ def test_wall_meets_target_for_any_actions(data, target, stream, round_to):
     assert np.all((counts % round_to == 0) | (counts == cost.widths))
 
 
+def test_wall_compares_integer_macs_exactly():
+    """Found by hypothesis: a target a hair under 1 must not admit the unpruned net (a relative float
+    tolerance once did)."""
+    target = 1.0 - 2.0 ** -53
+    wall = BudgetWall(R56, flops_target=target, lbound=0.2, rbound=1.0)
+    counts = _walk(wall, [1.0] * len(R56.widths))
+    assert R56.macs(counts) <= target * R56.base_macs < R56.base_macs
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.one_of(st.lists(actions, min_size=6, max_size=6), edge_cases.map(lambda v: [v] * 6)))
 def test_env_episode_meets_target_and_bounds(raw):

@@ -273,7 +273,8 @@ def _run_row(config: GridConfig, method: Method, seed: int, base_test: float) ->
 
 
 def _machine_label(folder: Path) -> str:
-    labels = dict.fromkeys(f"{m['device']} ({m['runs_in_parallel']} runs in parallel)" for m in _machines(folder))
+    labels = dict.fromkeys(f"{m['device']} ({m.get('torch_threads', '?')} thread(s) per run, "
+                           f"{m['runs_in_parallel']} run(s) at once)" for m in _machines(folder))
     return " then ".join(labels) or "not recorded"
 
 

@@ -104,3 +104,23 @@ def test_torchvision_checkpoints_carry_their_hash_prefix():
     ck = zoo.MODELS["mobilenet_v2"].checkpoint
     assert ck.url == "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth" and ck.sha256 == "b0353104"
     assert zoo.model_preset("efficientnet_b0").checkpoint.filename.startswith("efficientnet_b0")
+
+
+def test_mobilenet_preset_offline_with_weights_path(folder, tmp_path):
+    """Offline users pass weights=PATH (a torchvision state dict); the preset's episode length matches."""
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path / "mobilenet_v2.pth"
+    reference = torchvision.models.mobilenet_v2(num_classes=3)  # the synthetic tree has 3 classes
+    torch.save(reference.state_dict(), path)
+    env = gym.make("AGMC-MobileNetV2-v0", dataset=ImageFolderDataset(folder, image_size=64, resize=72), weights=str(path),
+                   val_size=12, calib_size=6, device="cpu", amp="off")
+    base = env.unwrapped
+    assert torch.equal(dict(base.analysis.gm.named_modules())["features.0.0"].weight, reference.features[0][0].weight)
+    env.reset(seed=0)
+    steps, done, info = 0, False, {}
+    while not done:
+        _, _, terminated, truncated, info = env.step(np.array([1.0], dtype=np.float32))
+        done, steps = terminated or truncated, steps + 1
+    assert terminated and steps == base.num_decisions == 18 and info["flops_ratio"] <= 0.7

@@ -26,8 +26,8 @@ import operator
 from dataclasses import dataclass, field
 
 import torch
-import torchvision
 import torch.nn.functional as F
+import torchvision
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 

@@ -12,7 +12,6 @@ grid; any process (or ``--render-only``) renders what has finished into ``benchm
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 import csv
 import datetime
 import json
@@ -20,6 +19,7 @@ import os
 import platform
 import resource
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

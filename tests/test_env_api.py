@@ -21,6 +21,12 @@ def test_sb3_checker(env):
     sb3_check_env(env, warn=False)
 
 
+def test_checkers_pass_in_fine_grained_mode():
+    fine = tiny_env(granularity="fine", params_target=0.5, lbound=0.1)
+    gym_check_env(fine, skip_render_check=True)
+    sb3_check_env(fine, warn=False)
+
+
 def test_registered_ids():
     for env_id in ("AGMC-v0", "AGMC-ResNet20-v0", "AGMC-ResNet56-v0"):
         assert env_id in gym.registry

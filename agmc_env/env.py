@@ -129,6 +129,8 @@ class AGMCEnv(gym.Env):
             raise TypeError(f"unknown option(s) {sorted(unknown)} for AGMCEnv; valid options: {valid}")
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; choose one of {sorted(REWARDS)}")
+        if granularity not in GRANULARITIES:  # checked before any data is loaded or model traced
+            raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
         if reward_metric not in METRICS:
             raise ValueError(f"unknown reward_metric {reward_metric!r}; choose one of {METRICS}")
         if split not in SPLITS:
@@ -181,7 +183,7 @@ class AGMCEnv(gym.Env):
             self.widths = self.cost.widths
             self._decision_cost, self._base_cost = self.cost.decision_macs(), self.cost.base_macs
             producers = [self.analysis.groups[gid].producers[0] for gid in self.analysis.decisions]
-        elif granularity == "fine":
+        else:  # "fine"
             if params_target is None:
                 raise ValueError("granularity='fine' needs params_target= (fraction of parameters left non-zero)")
             self.wall = WeightSparsity(self.analysis, params_target=params_target, lbound=lbound, rbound=rbound)
@@ -189,8 +191,6 @@ class AGMCEnv(gym.Env):
             self.widths = self.wall.widths
             self._decision_cost, self._base_cost = self.widths.astype(np.float64), float(self.wall.base_params)
             producers = self.wall.nodes
-        else:
-            raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
         self.granularity, self.params_target = granularity, params_target
         self.evaluator = Evaluator(images, labels, calib, self.device, batch_size, amp)
         self.evaluator.choose_precision(self.analysis.gm)
@@ -351,7 +351,8 @@ class AGMCEnv(gym.Env):
         sizes: dict[str, Any] = {"macs": macs, "params": params}
         if self.granularity == "fine":  # zeros do not shrink dense compute: report sparsity, not speed
             params, weights = nonzero_params(model)
-            sizes.update(nonzero_params=params, sparsity=1.0 - (params - (sizes["params"] - weights)) / weights)
+            nonzero_weights = params - (sizes["params"] - weights)  # the rest of the parameters count in full
+            sizes.update(nonzero_params=params, sparsity=1.0 - nonzero_weights / weights)
         self._last_model = model
         return {
             "reward": REWARDS[self.reward_name](acc, macs, params),

@@ -1,4 +1,4 @@
-"""Loading pruned-model checkpoints (``best_pruned.pt``, fine-tuned ones) and the env they came from."""
+"""Loading pruned-model checkpoints (``best_pruned.pt``, fine-tuned ones) and the task they came from."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from agents.envs import make_env
-
+from agmc_env.task import PruningTask, make_task
 
 
 class CheckpointFileError(RuntimeError):
@@ -16,7 +15,7 @@ class CheckpointFileError(RuntimeError):
 
 
 def load_pruned(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(module, meta) from a file written by ``agents.search.save_pruned``."""
+    """(module, meta) from a file written by ``agents.run_folder.save_pruned``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointFileError(f"no checkpoint at {path}")
@@ -27,6 +26,6 @@ def load_pruned(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any
         raise CheckpointFileError(f"{path} is not a readable agmc pruned-model checkpoint ({exc})") from exc
 
 
-def env_for(meta: dict[str, Any], **overrides: Any):
-    """The (unwrapped) env a checkpoint was searched in, with option overrides (split, device, ...)."""
-    return make_env(meta["env_id"], **{**meta.get("env_kwargs", {}), **overrides}).unwrapped
+def task_for(meta: dict[str, Any], **overrides: Any) -> PruningTask:
+    """The pruning task a checkpoint was searched in, with option overrides (split, device, ...)."""
+    return make_task(meta["env_id"], **{**meta.get("env_kwargs", {}), **overrides})

@@ -10,13 +10,15 @@ import gymnasium as gym
 
 import agmc_env  # noqa: F401
 from agents.algorithms import ALGORITHMS
-from agents.baselines import METHODS, run_baseline
 from agents.checkpoint_io import CheckpointFileError
 from agents.extractors import EMBEDDINGS
-from agents.search import RunError, SearchConfig, run_search
+from agents.run_folder import RunError, SearchConfig
+from agents.search import run_search
+from agents.searchers import SEARCHERS, run_baseline
 from agmc_env.checkpoints import CheckpointError
 from agmc_env.data import DataError
 from agmc_env.decisions import TraceError
+from agmc_env.options import OPTIONS
 
 
 def _env_id(value: str) -> str:
@@ -27,24 +29,21 @@ def _env_id(value: str) -> str:
 
 
 def _add_env_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("environment options (passed to gym.make)")
-    g.add_argument("--flops-target", type=float, help="MACs to keep, as a fraction (preset default: 0.5)")
-    g.add_argument("--val-size", type=int, help="reward-split images held out from the training set (default 1000)")
-    g.add_argument("--calib-size", type=int, help="BN-recalibration images (default 500)")
-    g.add_argument("--prune-residual", action="store_true", default=None, help="also prune residual-stream channels")
-    g.add_argument("--weights", help="checkpoint path for the model (default: the preset's published weights)")
-    g.add_argument("--data-dir", help="dataset folder (default: $AGMC_DATA_DIR)")
-    g.add_argument("--device", help="auto | cpu | cuda (default auto)")
-    g.add_argument("--granularity", choices=("channel", "fine"), help="channel pruning (default) or per-layer "
-                   "weight sparsity (fine; needs --params-target)")
-    g.add_argument("--params-target", type=float, help="fine mode: fraction of parameters left non-zero")
-    g.add_argument("--reward-metric", choices=("top1", "top5"), help="accuracy the reward uses (default top1)")
+    """One flag per env option with a CLI type in ``agmc_env.options.OPTIONS`` (unset flags keep the env's default)."""
+    g = p.add_argument_group("environment options (passed to gym.make; defaults: the env id's)")
+    for opt in OPTIONS:
+        if opt.cli is None:
+            continue
+        flag = "--" + opt.name.replace("_", "-")
+        help_text = f"{opt.help} (default {opt.default})".replace("``", "").replace("%", "%%")
+        if opt.cli is bool:
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            g.add_argument(flag, type=opt.cli, choices=opt.choices, default=None, help=help_text)
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("flops_target", "val_size", "calib_size", "prune_residual", "weights", "data_dir", "device",
-             "granularity", "params_target", "reward_metric")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    return {o.name: getattr(args, o.name) for o in OPTIONS if o.cli is not None and getattr(args, o.name) is not None}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("baseline", help="uniform or random keep ratios through the same budget wall")
     b.add_argument("env_id", type=_env_id)
-    b.add_argument("--method", choices=METHODS, required=True)
+    b.add_argument("--method", choices=sorted(SEARCHERS), required=True)
     b.add_argument("--episodes", type=int, default=300, help="evaluations for --method random")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True)

@@ -9,9 +9,8 @@ from typing import Any
 import torch
 from torch.fx.experimental.optimization import fuse
 
-from agents.checkpoint_io import env_for, load_pruned
+from agents.checkpoint_io import load_pruned, task_for
 from agmc_env.budget import count_module
-from agmc_env.sparsity import nonzero_params
 
 
 def _latency_ms(model: torch.nn.Module, x: torch.Tensor, autocast_dtype, reps: int = 20) -> float:
@@ -34,25 +33,22 @@ def _latency_ms(model: torch.nn.Module, x: torch.Tensor, autocast_dtype, reps: i
 
 def evaluate_checkpoint(path: str, split: str = "test", device: str = "auto", **env_overrides: Any) -> dict[str, Any]:
     model, meta = load_pruned(path)
-    env = env_for(meta, split=split, device=device, **env_overrides)
-    ev = env.evaluator
-    model = model.to(env.device)
+    task = task_for(meta, split=split, device=device, **env_overrides)
+    ev = task.evaluator
+    model = model.to(task.device)
     stored = ev.scores(model)
     recal = copy.deepcopy(model)
     ev.recalibrate(recal)
     recalibrated = ev.scores(recal)
     macs, params = count_module(model, ev.images[:1])
-    sparse = {}
-    if env.granularity == "fine":  # zeros are reported as sparsity; they do not change MACs or latency
-        nonzero, _ = nonzero_params(model)
-        sparse = {"nonzero_params": nonzero, "nonzero_ratio": nonzero / env.cost.base_params}
     return {
-        "checkpoint": str(path), "split": split, "images": len(ev.images), "device": str(env.device),
+        "checkpoint": str(path), "split": split, "images": len(ev.images), "device": str(task.device),
         "precision": "bf16" if ev.dtype == torch.bfloat16 else "fp32",
         "accuracy": stored["top1"], "top5": stored["top5"], "accuracy_bn_recalibrated": recalibrated["top1"],
-        "top5_bn_recalibrated": recalibrated["top5"], **sparse,
-        "macs": macs, "params": params, "flops_ratio": macs / env.cost.base_macs,
-        "params_ratio": params / env.cost.base_params,
+        "top5_bn_recalibrated": recalibrated["top5"],
+        **task.mode.report(model, params),  # fine mode: non-zero parameters and sparsity (zeros are not speed)
+        "macs": macs, "params": params, "flops_ratio": macs / task.cost.base_macs,
+        "params_ratio": task.mode.kept_params(model, params) / task.cost.base_params,
         "latency_ms_batch1": _latency_ms(model, ev.images[:1], ev.dtype),
         f"latency_ms_batch{ev.batch_size}": _latency_ms(model, ev.images[: ev.batch_size], ev.dtype, reps=5),
         "searched": {k: meta.get(k) for k in ("env_id", "algorithm", "embedding", "seed", "accuracy", "episode")},

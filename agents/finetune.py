@@ -11,8 +11,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from agents.checkpoint_io import env_for, load_pruned
-from agents.search import save_pruned
+from agents.checkpoint_io import load_pruned, task_for
+from agents.run_folder import save_pruned
 from agmc_env.data import ImageDataset, normalised
 
 
@@ -32,14 +32,14 @@ def finetune(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: i
              device: str = "auto", data_dir: str | None = None, log=print) -> dict[str, Any]:
     """Fine-tune; writes ``finetuned.pt`` and ``finetune.csv`` (test accuracy per epoch) into ``out``."""
     model, meta = load_pruned(checkpoint)
-    env_kwargs = {"split": "test", "device": device, "bn_recalibration": False, "val_size": 1, "calib_size": 0}
+    options = {"split": "test", "device": device, "bn_recalibration": False}
     if data_dir is not None:
-        env_kwargs["data_dir"] = data_dir
-    env = env_for(meta, **env_kwargs)
-    data, dev, ev = env.dataset, env.device, env.evaluator
+        options["data_dir"] = data_dir
+    task = task_for(meta, **options)
+    data, dev, ev = task.dataset, task.device, task.evaluator
     if not isinstance(data, ImageDataset):
         raise ValueError(f"agmc finetune holds the whole training split in memory and supports in-memory datasets "
-                         f"(cifar10) only; {type(data).__name__} ({env.model_name}) needs a streaming fine-tuning "
+                         f"(cifar10) only; {type(data).__name__} ({task.model_name}) needs a streaming fine-tuning "
                          "loop, which agmc does not have yet")
     train_x = normalised(data.train_images, data.mean, data.std, dev)
     train_y = data.train_labels.to(dev)

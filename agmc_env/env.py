@@ -1,9 +1,7 @@
 """The AGMC pruning MDP as a gymnasium environment."""
 from __future__ import annotations
 
-import inspect
 import math
-import time
 from typing import Any
 
 import gymnasium as gym
@@ -11,22 +9,14 @@ import numpy as np
 from gymnasium import spaces
 from torch import nn
 
-from agmc_env import checkpoints, zoo
-from agmc_env.budget import BudgetWall, CostModel, count_module
-from agmc_env.data import ImageDataset, held_out_split, normalised
-from agmc_env.decisions import TraceError, analyse, describe_frozen
-from agmc_env.evaluate import Evaluator, resolve_device
-from agmc_env.graph import FEATURES, build_graph
+from agmc_env import options
+from agmc_env.data import ImageDataset
+from agmc_env.graph import FEATURES
 from agmc_env.imagefolder import ImageFolderDataset
-from agmc_env.pruning import Pruner
-from agmc_env.rewards import REWARDS
-from agmc_env.sparsity import WeightSparsity, nonzero_params
+from agmc_env.task import PruningTask
 
 LAYER_FEATURES = ("index", "out_channels", "in_channels", "h", "w", "stride", "kernel", "macs", "reduced", "rest",
                   "prev_action")
-SPLITS = ("val", "test")
-METRICS = ("top1", "top5")
-GRANULARITIES = ("channel", "fine")
 
 
 class AGMCEnv(gym.Env):
@@ -64,9 +54,12 @@ class AGMCEnv(gym.Env):
     ``env.unwrapped.graph`` gives the current graph as a ``torch_geometric.data.Data``.
 
     ## Rewards
-    0 on every step but the last. Then ``reward="acc"`` (default): accuracy in [0, 1] on the reward split
-    (``reward_metric``: top-1 by default, or top-5; ``info`` carries both as ``top1`` / ``top5``); ``"flops"``: −error·ln(MACs); ``"params"``: −error·ln(params). FLOPs means MACs of conv and
-    linear layers throughout.
+    0 on every step but the last. Then the task's episode-end pipeline runs (prune → repair → BN recalibration →
+    score → reward; ``env.unwrapped.task.pipeline``) and ``reward="acc"`` (default) gives the accuracy in [0, 1]
+    on the reward split (``reward_metric``: top-1 by default, or top-5; ``info`` carries both as ``top1`` /
+    ``top5``); ``"flops"``: −error·ln(MACs); ``"params"``: −error·ln(params); or any callable ``f(info) -> float``
+    of the final ``info`` (``accuracy``, ``top1``, ``top5``, ``flops_ratio``, ``params_ratio``, ``macs``,
+    ``params``, ``counts``, ...). FLOPs means MACs of conv and linear layers throughout.
 
     ## Starting State
     The unpruned network, decision 0. ``reset`` never changes the model: each episode prunes a fresh copy.
@@ -79,126 +72,39 @@ class AGMCEnv(gym.Env):
     after the end raises ``RuntimeError``; call ``reset``.
 
     ## Arguments
-    - ``model``: a preset name (``agmc_env.zoo.MODELS``) or any traceable ``nn.Module``.
-    - ``model`` may also name any torchvision classification model (``"resnet18"``, ``"efficientnet_b0"``...):
-      ImageNet weights from torchvision's URL (sha256-prefix checked) when the dataset is ``"imagenet"``.
-    - ``dataset``: ``"cifar10"``, ``"imagenet"`` (default: the preset's), an ``agmc_env.data.ImageDataset`` or an
-      ``agmc_env.imagefolder.ImageFolderDataset``. ImageNet = a folder with ``train/`` and ``val/`` in
-      torchvision's ImageFolder layout; only the reward/calibration (and test) images are decoded, once.
-    - ``weights``: checkpoint path; ``None`` = the preset's published checkpoint (``$AGMC_WEIGHTS_DIR``,
-      else downloaded with a sha256 check into ``cache_dir`` / ``$AGMC_CACHE_DIR``) or a module's own
-      weights; ``False`` = random init.
-    - ``data_dir`` (else ``$AGMC_DATA_DIR``), ``download`` (fetch the dataset if missing), ``cache_dir``.
-    - ``flops_target`` (0.5): MACs to keep, as a fraction. ``lbound`` / ``rbound`` (0.2 / 1.0): keep-ratio range.
-    - ``prune_residual`` (False): also prune residual-stream groups (indices aligned across adds and
-      option-A pad shortcuts). ``prune_linear`` (False): also prune hidden linear layers.
-    - ``granularity`` ("channel" | "fine"). ``"fine"``: the decisions are every conv and linear weight in
-      forward order, the action is the fraction of that layer's weights kept non-zero (the smallest
-      magnitudes are zeroed), and the wall guarantees ≤ ``params_target`` × the original parameters
-      non-zero (biases and BN count in full). ``info`` adds ``nonzero_params`` and ``sparsity``; the reward
-      keeps ``params_ratio`` = non-zero fraction and ``flops_ratio`` = 1 (zeros are not dense speed).
-    - ``importance`` ("l1" | "l2"): filter norm, summed over a group. ``channel_round`` (1): kept counts are
-      multiples of it (or the full width).
-    - ``val_size`` (1000): reward-split images held out from the training set (seed ``split_seed``);
-      ``calib_size`` (500): disjoint training images for BN recalibration; ``bn_recalibration`` (True).
-    - ``split`` ("val" | "test"): score the reward split or, when asked, the test set (``test_size``: a seeded
-      subset of that many test images; None = all). ``reward_metric`` ("top1" | "top5").
-    - ``reward`` ("acc" | "flops" | "params"). ``device`` ("auto": CUDA if available). ``amp`` ("auto" |
-      "bf16" | "off"); ``batch_size`` (None: per device). ``max_nodes`` / ``max_edges``: observation padding.
+    ``AGMCEnv(model, dataset, *, task=None, **options)``. Every option but ``max_nodes`` / ``max_edges`` belongs to
+    the :class:`~agmc_env.task.PruningTask` the env builds, or is given: ``task=agmc_env.make_task(...)`` shares one
+    task (data, traced model, evaluator) between envs; options given beside a task must agree with it.
+
+{options}
 
     ## Version History
     - v0: initial release (channel pruning, CIFAR presets); ImageNet presets, ImageFolder data, any torchvision
-      model by name, top-1/top-5 and ``granularity="fine"`` added without changing the channel-mode MDP.
+      model by name, top-1/top-5, ``granularity="fine"``, shared tasks (``task=``) and callable rewards added
+      without changing the channel-mode MDP.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, model: str | nn.Module = "resnet56", dataset: str | ImageDataset | ImageFolderDataset | None = None, *,
-                 weights: str | None | bool = None, data_dir: str | None = None, download: bool = False,
-                 cache_dir: str | None = None, flops_target: float = 0.5, lbound: float = 0.2,
-                 rbound: float = 1.0, prune_residual: bool = False, prune_linear: bool = False,
-                 importance: str = "l1", channel_round: int = 1, val_size: int = 1000, calib_size: int = 500,
-                 granularity: str = "channel", params_target: float | None = None,
-                 split: str = "val", split_seed: int = 0, test_size: int | None = None,
-                 bn_recalibration: bool = True, reward: str = "acc", reward_metric: str = "top1",
-                 device: str = "auto", amp: str = "auto", batch_size: int | None = None,
+    def __init__(self, model: str | nn.Module | None = None,
+                 dataset: str | ImageDataset | ImageFolderDataset | None = None, *, task: PruningTask | None = None,
                  max_nodes: int | None = None, max_edges: int | None = None, render_mode: str | None = None,
-                 **unknown: Any) -> None:
-        if unknown:
-            valid = [p for p in inspect.signature(AGMCEnv.__init__).parameters if p not in ("self", "unknown")]
-            raise TypeError(f"unknown option(s) {sorted(unknown)} for AGMCEnv; valid options: {valid}")
-        if reward not in REWARDS:
-            raise ValueError(f"unknown reward {reward!r}; choose one of {sorted(REWARDS)}")
-        if granularity not in GRANULARITIES:  # checked before any data is loaded or model traced
-            raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
-        if reward_metric not in METRICS:
-            raise ValueError(f"unknown reward_metric {reward_metric!r}; choose one of {METRICS}")
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+                 **task_options: Any) -> None:
         if render_mode is not None:
             raise ValueError(f"render_mode={render_mode!r} is not supported; AGMCEnv renders nothing")
-        self.reward_name, self.reward_metric = reward, reward_metric
-        self.split, self.bn_recalibration = split, bn_recalibration
-        self.device = resolve_device(device)
-
-        # model → data
-        if isinstance(model, str):
-            dataset = zoo.default_dataset(model) if dataset is None else dataset
-        dataset = "cifar10" if dataset is None else dataset
-        data = dataset if not isinstance(dataset, str) else zoo.load_dataset(dataset, data_dir, download)
-        self.dataset = data  # kept (not copied) for fine-tuning and reports
-        if isinstance(model, str):
-            self.model_name = model
-            net = zoo.build_model(model, data.num_classes, True if weights is None else weights, cache_dir,
-                                  dataset if isinstance(dataset, str) else None)
+        given = {k: v for k, v in (("model", model), ("dataset", dataset)) if v is not None}
+        if task is None:
+            task = PruningTask(**given, **task_options)
         else:
-            self.model_name = type(model).__name__
-            net = model
-            if weights not in (None, False):
-                checkpoints.load_state_dict(net, weights)
-        net = net.to(self.device).eval()
-        split_idx = held_out_split(data.num_train, val_size, calib_size, split_seed)
-        raw, labels = data.test_set(test_size) if split == "test" else data.train_subset(split_idx.reward)
-        images, labels = normalised(raw, data.mean, data.std, self.device), labels.to(self.device)
-        calib = (normalised(data.train_subset(split_idx.calib)[0], data.mean, data.std, self.device)
-                 if bn_recalibration else images[:0])
-        example = images[:1].contiguous()
-
-        # graph → decisions → pruning/budget machinery
-        self.analysis = analyse(net, example, prune_residual=prune_residual, prune_linear=prune_linear)
-        self.cost = CostModel(self.analysis)  # dense MACs / params, also reported in fine mode
-        if granularity == "channel":
-            if params_target is not None:
-                raise ValueError("params_target applies to granularity='fine'; channel pruning budgets MACs "
-                                 "(flops_target)")
-            if not self.analysis.decisions:
-                reasons = describe_frozen(self.analysis)
-                raise TraceError(f"no prunable channel group found in {self.model_name}"
-                                 + (f"; pinned by: {reasons}" if reasons else
-                                    " (try prune_residual=True or prune_linear=True)"))
-            self.wall = BudgetWall(self.cost, flops_target=flops_target, lbound=lbound, rbound=rbound,
-                                   channel_round=channel_round)
-            self.pruner = Pruner(self.analysis, importance)
-            self.op_graph = build_graph(self.analysis)
-            self.widths = self.cost.widths
-            self._decision_cost, self._base_cost = self.cost.decision_macs(), self.cost.base_macs
-            producers = [self.analysis.groups[gid].producers[0] for gid in self.analysis.decisions]
-        else:  # "fine"
-            if params_target is None:
-                raise ValueError("granularity='fine' needs params_target= (fraction of parameters left non-zero)")
-            self.wall = WeightSparsity(self.analysis, params_target=params_target, lbound=lbound, rbound=rbound)
-            self.op_graph = build_graph(self.analysis).retarget({n: t for t, n in enumerate(self.wall.nodes)})
-            self.widths = self.wall.widths
-            self._decision_cost, self._base_cost = self.widths.astype(np.float64), float(self.wall.base_params)
-            producers = self.wall.nodes
-        self.granularity, self.params_target = granularity, params_target
-        self.evaluator = Evaluator(images, labels, calib, self.device, batch_size, amp)
-        self.evaluator.choose_precision(self.analysis.gm)
-        self.flops_target, self.lbound, self.rbound = flops_target, lbound, rbound
-        self.num_decisions = len(self.widths)
-        self._example = example
-        self._layer_static = self._layer_table(producers)
-
+            options.resolve({**given, **task_options})  # unknown names fail as without a task
+            bad = task.conflicts({**given, **task_options})
+            if bad:
+                raise ValueError(f"options given with task= differ from the task's: {', '.join(bad)}; build another "
+                                 "task (agmc_env.make_task) or leave them out")
+        self.task, self.mode = task, task.mode
+        self.op_graph = self.mode.graph
+        self.num_decisions = task.num_decisions
+        self._layer_static = self._layer_table(self.mode.producers)
         n = max_nodes or self.op_graph.num_nodes
         e = max_edges or self.op_graph.edge_index.shape[1]
         if n < self.op_graph.num_nodes or e < self.op_graph.edge_index.shape[1]:
@@ -222,23 +128,33 @@ class AGMCEnv(gym.Env):
         self._done = True
         self._last_model: nn.Module | None = None
 
+    @property
+    def lbound(self) -> float:
+        return self.task.options["lbound"]
+
+    @property
+    def rbound(self) -> float:
+        return self.task.options["rbound"]
+
     # ------------------------------------------------------------------ state
     def _layer_table(self, producers: list[str]) -> np.ndarray:
         """AMC's static columns per decision (from the layer that produces it), min–max scaled over decisions
-        (a constant column → 0). The cost column is MACs for channels, weights for fine-grained decisions."""
-        modules = dict(self.analysis.gm.named_modules())
-        target = {nd.name: nd for nd in self.analysis.gm.graph.nodes}
+        (a constant column → 0). The cost column is the mode's: MACs for channels, weights for fine-grained."""
+        gm = self.task.analysis.gm
+        shapes = self.task.analysis.shapes
+        modules = dict(gm.named_modules())
+        target = {nd.name: nd for nd in gm.graph.nodes}
         rows = []
         for t, name in enumerate(producers):
             node = target[name]
             mod = modules[node.target]
-            in_shape = self.analysis.shapes[node.all_input_nodes[0].name]
+            in_shape = shapes[node.all_input_nodes[0].name]
             k = mod.kernel_size[0] if isinstance(mod, nn.Conv2d) else 1
             s = mod.stride[0] if isinstance(mod, nn.Conv2d) else 1
             h, w = (in_shape[2], in_shape[3]) if len(in_shape) == 4 else (1, 1)
-            rows.append([t, self.analysis.shapes[name][1], in_shape[1], h, w, s, k, 0.0])
+            rows.append([t, shapes[name][1], in_shape[1], h, w, s, k, 0.0])
         table = np.array(rows, dtype=np.float64)
-        table[:, 7] = self._decision_cost
+        table[:, 7] = self.mode.decision_cost
         lo, hi = table.min(0), table.max(0)
         return np.where(hi > lo, (table - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
 
@@ -255,17 +171,13 @@ class AGMCEnv(gym.Env):
         return {"node_mask": node_mask, "edge_index": edge_index, "edge_mask": edge_mask,
                 "node_decision": node_decision}
 
-    def kept_cost(self, counts: np.ndarray) -> float:
-        """What the budget wall limits, for per-decision counts: MACs (channels) or non-zero params (fine)."""
-        return self.cost.macs(counts) if self.granularity == "channel" else float(self.wall.nonzero(counts))
-
     def keep_ratios(self) -> list[float]:
         """Applied keep ratios of the decisions made so far in this episode."""
-        return (self._counts[: self._t] / self.widths[: self._t]).tolist()
+        return (self._counts[: self._t] / self.mode.widths[: self._t]).tolist()
 
     def _ratios_so_far(self) -> np.ndarray:
         r = np.ones(self.num_decisions)
-        r[: self._t] = self._counts[: self._t] / self.widths[: self._t]
+        r[: self._t] = self._counts[: self._t] / self.mode.widths[: self._t]
         return r
 
     def _observation(self) -> dict[str, np.ndarray]:
@@ -277,16 +189,16 @@ class AGMCEnv(gym.Env):
         x[: len(feats)] = feats
         decision_nodes = np.zeros(n, dtype=np.float32)
         decision_nodes[: len(feats)] = feats[:, -1]
-        full = self.widths.copy()
+        full = self.mode.widths.copy()
         full[:t] = self._counts[:t]
-        base = self._base_cost
+        base = self.mode.base_cost
         layer = np.zeros(len(LAYER_FEATURES), dtype=np.float32)
         layer[:8] = self._layer_static[min(t, T - 1)]
         if t == T:
             layer[0] = 1.0
-        layer[8] = (base - self.kept_cost(full)) / base
-        layer[9] = self._decision_cost[t + 1:].sum() / base if t < T else 0.0
-        layer[10] = self._counts[t - 1] / self.widths[t - 1] if t > 0 else 1.0
+        layer[8] = (base - self.mode.kept_cost(full)) / base
+        layer[9] = self.mode.decision_cost[t + 1:].sum() / base if t < T else 0.0
+        layer[10] = self._counts[t - 1] / self.mode.widths[t - 1] if t > 0 else 1.0
         return {"x": x, "decision_index": np.array([t], dtype=np.int64), "decision_nodes": decision_nodes,
                 "layer": np.clip(layer, 0.0, 1.0), **{k: v.copy() for k, v in self._static_obs.items()}}
 
@@ -320,7 +232,7 @@ class AGMCEnv(gym.Env):
         a = self._check_action(action)
         t = self._t
         ratio = self.lbound + a * (self.rbound - self.lbound)
-        self._counts[t] = self.wall.clip(t, self.wall.desired(t, ratio), self._counts)
+        self._counts[t] = self.mode.clip(t, self.mode.desired(t, ratio), self._counts)
         self._t += 1
         self._done = self._t == self.num_decisions
         return t
@@ -330,36 +242,10 @@ class AGMCEnv(gym.Env):
         info: dict[str, Any] = {"decision": t, "keep_ratios": self.keep_ratios()}
         if not self._done:
             return self._observation(), 0.0, False, False, info
-        info.update(self._finish())
+        end = self.task.finish(self._counts.tolist())
+        self._last_model = end.model
+        info.update(end.info)
         return self._observation(), float(info["reward"]), True, False, info
-
-    def _finish(self) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        counts = self._counts.tolist()
-        if self.granularity == "channel":
-            model = self.pruner.prune(self.pruner.kept(counts))
-        else:
-            model = self.wall.apply(self.analysis.gm, counts)
-        t1 = time.perf_counter()
-        if self.bn_recalibration:
-            self.evaluator.recalibrate(model)
-        t2 = time.perf_counter()
-        scores = self.evaluator.scores(model)
-        acc = scores[self.reward_metric]
-        t3 = time.perf_counter()
-        macs, params = count_module(model, self._example)  # measured on the real module
-        sizes: dict[str, Any] = {"macs": macs, "params": params}
-        if self.granularity == "fine":  # zeros do not shrink dense compute: report sparsity, not speed
-            params, weights = nonzero_params(model)
-            nonzero_weights = params - (sizes["params"] - weights)  # the rest of the parameters count in full
-            sizes.update(nonzero_params=params, sparsity=1.0 - nonzero_weights / weights)
-        self._last_model = model
-        return {
-            "reward": REWARDS[self.reward_name](acc, macs, params),
-            "accuracy": acc, **scores, "flops_ratio": macs / self.cost.base_macs, "params_ratio": params / self.cost.base_params,
-            **sizes, "counts": counts, **({"channels": counts} if self.granularity == "channel" else {}),
-            "timing": {"prune_s": t1 - t0, "calibrate_s": t2 - t1, "evaluate_s": t3 - t2},
-        }
 
     def trajectory(self, actions: list | np.ndarray) -> list[dict[str, np.ndarray]]:
         """The T+1 observations an episode with these actions visits, without pruning or scoring it
@@ -384,9 +270,16 @@ class AGMCEnv(gym.Env):
         ratios = np.asarray(keep_ratios, dtype=np.float64).reshape(-1)
         if len(ratios) != self.num_decisions:
             raise ValueError(f"need {self.num_decisions} keep ratios (one per decision), got {len(ratios)}")
-        self.reset()
         span = max(self.rbound - self.lbound, 1e-12)
+        return self.run_actions((ratios - self.lbound) / span)
+
+    def run_actions(self, actions: list[float] | np.ndarray) -> dict[str, Any]:
+        """Play one whole episode with these actions (one in [0, 1] per decision); returns the final ``info``."""
+        self.reset()
         info: dict[str, Any] = {}
-        for r in ratios:
-            _, _, _, _, info = self.step(np.array([(r - self.lbound) / span], dtype=np.float32))
+        for a in np.asarray(actions, dtype=np.float64).reshape(-1):
+            _, _, _, _, info = self.step(np.array([a], dtype=np.float32))
         return info
+
+
+AGMCEnv.__doc__ = AGMCEnv.__doc__.replace("{options}", options.docs())

@@ -55,12 +55,13 @@ def measure(name: str, data: ImageFolderDataset, episodes: int, val_size: int, c
         t0 = time.perf_counter()
         info = env.run_ratios(rng.uniform(env.lbound, env.rbound, env.num_decisions))
         times.append(time.perf_counter() - t0)
-    kept = env.pruner.kept(info["counts"])
-    x = env.evaluator.images[:2]
+    pruner = env.mode.pruner
+    kept = pruner.kept(info["counts"])
+    x = env.task.evaluator.images[:2]
     with torch.no_grad():
-        out, ref = env.pruner.prune(kept).eval()(x), env.pruner.masked(kept).eval()(x)
+        out, ref = pruner.prune(kept).eval()(x), pruner.masked(kept).eval()(x)
     return {"model": name, "decisions": env.num_decisions, "nodes": env.op_graph.num_nodes,
-            "target": env.flops_target, "flops_ratio": info["flops_ratio"], "setup_s": setup,
+            "target": env.task.options["flops_target"], "flops_ratio": info["flops_ratio"], "setup_s": setup,
             "episode_s": statistics.median(times), "timing": info["timing"],
             "rel_err": float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))}
 

@@ -31,16 +31,16 @@ from agmc_env.evaluate import Evaluator
 RESULTS = Path(__file__).parent / "results"
 
 
-def reference_step(env, counts: list[int]) -> float:
+def reference_step(task, counts: list[int]) -> float:
     """One reference-style evaluation: deepcopy + structured L1 masks + BN recalibration + fp32 NCHW eval."""
-    model = copy.deepcopy(env.analysis.gm)
+    model = copy.deepcopy(task.analysis.gm)
     modules = dict(model.named_modules())
     target = {n.name: n.target for n in model.graph.nodes}
-    for gid, k in zip(env.analysis.decisions, counts):
-        for producer in env.analysis.groups[gid].producers:
+    for gid, k in zip(task.analysis.decisions, counts):
+        for producer in task.analysis.groups[gid].producers:
             conv = modules[target[producer]]
             prune.ln_structured(conv, "weight", amount=conv.out_channels - k, n=1, dim=0)
-    ev = env.evaluator
+    ev = task.evaluator
     images = ev.images.contiguous()
     calib = ev.calib.contiguous()
     for m in model.modules():
@@ -105,14 +105,14 @@ def main(argv: list[str] | None = None) -> None:
 
     ours_s, ours_all, info = timed(episode(env), args.reps)
     fp32_s, _, info32 = timed(episode(env_fp32), args.reps)
-    ref_s, ref_all, ref_acc = timed(lambda: reference_step(env, info["channels"]), args.reps)
+    ref_s, ref_all, ref_acc = timed(lambda: reference_step(env.task, info["counts"]), args.reps)
     parts = {k: [] for k in info["timing"]}
     for _ in range(args.reps):
         for k, v in episode(env)()["timing"].items():
             parts[k].append(v)
     breakdown = {k: statistics.median(v) for k, v in parts.items()}
-    ev: Evaluator = env.evaluator
-    device = env.device
+    ev: Evaluator = env.task.evaluator
+    device = env.task.device
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
     speedup = ref_s / ours_s
     cmd = "python -m benchmarks.step_speed " + " ".join(argv if argv is not None else sys.argv[1:])

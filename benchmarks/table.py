@@ -122,8 +122,9 @@ def machine() -> dict[str, Any]:
 
 def run_one(config: GridConfig, method: Method, seed: int, runs_in_process: int = 1, parallel: int = 1) -> None:
     """One grid cell through the same code paths as ``agmc search`` / ``agmc baseline``; resumes if interrupted."""
-    from agents.baselines import run_baseline
-    from agents.search import SearchConfig, run_search
+    from agents.run_folder import SearchConfig
+    from agents.search import run_search
+    from agents.searchers import run_baseline
 
     folder = run_dir(config, method, seed)
     print(f"[{config.name}] {method.name} seed {seed} → {folder}", flush=True)
@@ -166,8 +167,6 @@ def _worker_run(config_name: str, method_name: str, seed: int, threads: int | No
     if threads:
         torch.set_num_threads(threads)
     config = preset(config_name)
-    if config.env_id.startswith("AGMCTest"):
-        import tests.conftest  # noqa: F401  (registers the test id)
     _worker_run.count = getattr(_worker_run, "count", 0) + 1  # type: ignore[attr-defined]
     run_one(config, next(m for m in METHODS if m.name == method_name), seed, _worker_run.count, parallel)  # type: ignore[attr-defined]
     return f"{method_name}-s{seed}"
@@ -205,12 +204,12 @@ def test_accuracy(folder: Path) -> float:
     cache = folder / "test.json"
     if cache.exists():
         return json.loads(cache.read_text())["test_accuracy"]
-    from agents.checkpoint_io import env_for, load_pruned
+    from agents.checkpoint_io import load_pruned, task_for
 
     model, meta = load_pruned(folder / "best_pruned.pt")
-    env = env_for(meta, split="test", amp="off")
-    acc = env.evaluator.accuracy(model.to(env.device))
-    cache.write_text(json.dumps({"test_accuracy": acc, "split": "test", "images": len(env.evaluator.images)}))
+    task = task_for(meta, split="test", amp="off")
+    acc = task.evaluator.accuracy(model.to(task.device))
+    cache.write_text(json.dumps({"test_accuracy": acc, "split": "test", "images": len(task.evaluator.images)}))
     return acc
 
 
@@ -218,13 +217,11 @@ def unpruned(config: GridConfig) -> dict[str, float]:
     cache = RUNS / config.name / "unpruned.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    import gymnasium as gym
-
-    import agmc_env  # noqa: F401
+    from agmc_env import make_task
 
     kwargs = {**config.env_kwargs, "amp": "off", "flops_target": 1.0}
-    val = gym.make(config.env_id, **kwargs).unwrapped
-    test = gym.make(config.env_id, **kwargs, split="test").unwrapped
+    val = make_task(config.env_id, **kwargs)
+    test = make_task(config.env_id, **kwargs, split="test")
     result = {"val_accuracy": val.evaluator.accuracy(val.analysis.gm),
               "test_accuracy": test.evaluator.accuracy(test.analysis.gm),
               "macs": val.cost.base_macs, "params": val.cost.base_params}
@@ -406,8 +403,6 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     config = preset(args.config)
-    if config.env_id.startswith("AGMCTest"):
-        import tests.conftest  # noqa: F401  (registers the test id)
     if not args.render_only:
         i, n = (int(v) for v in args.shard.split("/"))
         only = set(args.methods.split(",")) if args.methods else None

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-import tests.conftest  # noqa: F401  (registers AGMCTest-Tiny-v0)
-from agents.checkpoint_io import env_for, load_pruned
+import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
+from agents.checkpoint_io import task_for, load_pruned
 from agents.search import SearchConfig, run_search
 
 OUTPUTS = ("run.json", "episodes.csv", "trajectories.jsonl", "best.json", "best_pruned.pt", "checkpoint.pt",
@@ -35,15 +35,15 @@ def test_best_pruned_evaluates_to_logged_accuracy(tmp_path):
     best = run_search(SearchConfig("AGMCTest-Tiny-v0", algo="td3", embedding="amc", episodes=3, warmup=1, seed=2),
                       tmp_path, progress=False)
     model, meta = load_pruned(tmp_path / "best_pruned.pt")
-    env = env_for(meta)
-    assert env.evaluator.accuracy(model) == best["accuracy"]
-    assert sum(p.numel() for p in model.parameters()) < env.cost.base_params
+    task = task_for(meta)
+    assert task.evaluator.accuracy(model) == best["accuracy"]
+    assert sum(p.numel() for p in model.parameters()) < task.cost.base_params
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 10)
 
 
 def test_fine_grained_search_and_uniform_baseline(tmp_path):
     """The same agents drive the fine-grained mode; the best model is exported dense (zeros applied) and sparse."""
-    from agents.baselines import run_baseline
+    from agents.searchers import run_baseline
     from agmc_env.sparsity import load_sparse, nonzero_params
 
     kwargs = {"granularity": "fine", "params_target": 0.5, "lbound": 0.1}
@@ -52,8 +52,8 @@ def test_fine_grained_search_and_uniform_baseline(tmp_path):
     model, meta = load_pruned(tmp_path / "ddpg" / "best_pruned.pt")
     nonzero, _ = nonzero_params(model)
     assert nonzero == best["nonzero_params"] and best["params_ratio"] <= 0.5 and best["flops_ratio"] == 1.0
-    env = env_for(meta)
-    dense = load_sparse(env.analysis.gm, tmp_path / "ddpg" / "best_sparse.pt")
+    task = task_for(meta)
+    dense = load_sparse(task.analysis.gm, tmp_path / "ddpg" / "best_sparse.pt")
     assert nonzero_params(dense)[0] == nonzero
     from agents.evaluation import evaluate_checkpoint
 

@@ -10,7 +10,7 @@ from agmc_env import AGMCEnv, zoo
 from agmc_env.checkpoints import CheckpointError, load_state_dict, resolve
 from agmc_env.data import DataError, load_cifar10
 from agmc_env.models import cifar_resnet
-from tests.conftest import tiny_env
+from agmc_env.testing import tiny_env
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from agmc_env.budget import BudgetWall, CostModel, count_module
 from agmc_env.decisions import analyse
 from agmc_env.models import cifar_resnet
-from tests.conftest import tiny_env
+from agmc_env.testing import tiny_env
 
 X = torch.randn(1, 3, 32, 32)
 R56 = CostModel(analyse(cifar_resnet(56), X))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import tests.conftest  # noqa: F401
+import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
 from agents.cli import main
 
 TINY = ["AGMCTest-Tiny-v0", "--no-progress"]

@@ -10,7 +10,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import agmc_env  # noqa: F401  (registers the ids)
 from agmc_env.graph import FEATURES
-from tests.conftest import tiny_dataset, tiny_env
+from agmc_env.testing import tiny_dataset, tiny_env
 
 
 def test_gymnasium_checker(env):
@@ -59,8 +59,8 @@ def test_episode_protocol(env):
             assert reward == 0.0
     assert reward == info["accuracy"] and 0.0 <= reward <= 1.0
     assert len(info["keep_ratios"]) == T
-    assert info["flops_ratio"] <= env.flops_target + 1e-9
-    assert set(info["timing"]) == {"prune_s", "calibrate_s", "evaluate_s"}
+    assert info["flops_ratio"] <= env.task.options["flops_target"] + 1e-9
+    assert set(info["timing"]) == {"prune_s", "repair_s", "calibrate_s", "evaluate_s", "reward_s"}  # the pipeline's stages
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.array([0.5], dtype=np.float32))
 
@@ -83,16 +83,16 @@ def test_pruned_model_runs_standalone_and_is_smaller(env):
     info = env.run_ratios([0.3] * env.num_decisions)
     model = env.pruned_model()
     n_params = sum(p.numel() for p in model.parameters())
-    assert n_params == info["params"] < env.cost.base_params
+    assert n_params == info["params"] < env.task.cost.base_params
     out = model(torch.randn(2, 3, 16, 16))
     assert out.shape == (2, 10)
 
 
 def test_original_model_is_never_modified(env):
-    before = {k: v.clone() for k, v in env.analysis.gm.state_dict().items()}
+    before = {k: v.clone() for k, v in env.task.analysis.gm.state_dict().items()}
     env.run_ratios([0.2] * env.num_decisions)
     env.run_ratios([0.7] * env.num_decisions)
-    after = env.analysis.gm.state_dict()
+    after = env.task.analysis.gm.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 

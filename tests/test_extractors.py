@@ -7,7 +7,7 @@ import torch
 from stable_baselines3.common.preprocessing import preprocess_obs
 
 from agents.extractors import EMBEDDINGS, GraphEncoderExtractor, LayerFeatureExtractor
-from tests.conftest import tiny_env
+from agmc_env.testing import tiny_env
 
 ENV = tiny_env(max_nodes=80, max_edges=100)
 

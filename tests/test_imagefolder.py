@@ -117,7 +117,7 @@ def test_mobilenet_preset_offline_with_weights_path(folder, tmp_path):
     env = gym.make("AGMC-MobileNetV2-v0", dataset=ImageFolderDataset(folder, image_size=64, resize=72), weights=str(path),
                    val_size=12, calib_size=6, device="cpu", amp="off")
     base = env.unwrapped
-    assert torch.equal(dict(base.analysis.gm.named_modules())["features.0.0"].weight, reference.features[0][0].weight)
+    assert torch.equal(dict(base.task.analysis.gm.named_modules())["features.0.0"].weight, reference.features[0][0].weight)
     env.reset(seed=0)
     steps, done, info = 0, False, {}
     while not done:

@@ -10,7 +10,7 @@ from agmc_env.budget import CostModel
 from agmc_env.decisions import analyse
 from agmc_env.models import cifar_resnet
 from agmc_env.pruning import Pruner
-from tests.conftest import randomise_bn
+from agmc_env.testing import randomise_bn
 
 MODELS = {
     "resnet20": lambda: cifar_resnet(20),

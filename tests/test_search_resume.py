@@ -5,8 +5,8 @@ import csv
 
 import pytest
 
-import tests.conftest  # noqa: F401
-from agents import search
+import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
+from agents import run_folder
 from agents.search import SearchConfig, run_search
 
 
@@ -31,18 +31,18 @@ def test_interrupted_search_resumes_exactly(tmp_path, monkeypatch, algo, embeddi
     config = _config(algo, embedding, baseline)
     run_search(config, tmp_path / "full", progress=False)
 
-    real = search.Recorder.log_episode
+    real = run_folder.RunFolder.log_episode
 
     def killed_after_fifth(self, *args, **kwargs):  # dies after logging, before the checkpoint
         real(self, *args, **kwargs)
         if self.episodes == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(search.Recorder, "log_episode", killed_after_fifth)
+    monkeypatch.setattr(run_folder.RunFolder, "log_episode", killed_after_fifth)
     with pytest.raises(KeyboardInterrupt):
         run_search(config, tmp_path / "cut", progress=False)
     assert len(_log(tmp_path / "cut")) == 5
-    monkeypatch.setattr(search.Recorder, "log_episode", real)
+    monkeypatch.setattr(run_folder.RunFolder, "log_episode", real)
     run_search(config, tmp_path / "cut", progress=False)  # same command again: resumes
     assert _log(tmp_path / "cut") == _log(tmp_path / "full")
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import agmc_env  # noqa: F401
 from agmc_env.sparsity import WEIGHT_LAYERS, load_sparse, nonzero_params, save_sparse
-from tests.conftest import tiny_dataset
+from agmc_env.testing import tiny_dataset
 
 TARGET = 0.4
 
@@ -23,7 +23,7 @@ def env():
 
 
 def test_decisions_are_the_weight_layers(env):
-    layers = [m for m in env.analysis.gm.modules() if isinstance(m, WEIGHT_LAYERS)]
+    layers = [m for m in env.task.analysis.gm.modules() if isinstance(m, WEIGHT_LAYERS)]
     assert env.num_decisions == len(layers) == 20  # ResNet-20: 19 convs + the classifier
     assert env.observation_space["x"].shape[0] == env.op_graph.num_nodes
     assert env.op_graph.out_decision.max() == env.num_decisions - 1
@@ -35,7 +35,7 @@ def test_budget_holds_for_any_actions(env, actions):
     env.reset()
     for a in actions:
         env._decide(np.array([a], dtype=np.float32))
-    assert env.wall.nonzero(env._counts) <= TARGET * env.wall.base_params
+    assert env.mode.sparsity.nonzero(env._counts) <= TARGET * env.mode.sparsity.base_params
 
 
 def test_sparsity_matches_the_decided_counts(env):
@@ -44,14 +44,14 @@ def test_sparsity_matches_the_decided_counts(env):
     info = env.run_ratios([0.05] + [1.0] * (env.num_decisions - 1))
     model = env.pruned_model()
     nonzero, weights = nonzero_params(model)
-    decided = env.wall.nonzero(np.array(info["counts"]))
+    decided = env.mode.sparsity.nonzero(np.array(info["counts"]))
     # weights that were exactly zero already (random init draws a few now and then) stay zero when kept
-    zeros_before = sum(int((m.weight == 0).sum()) for m in env.analysis.gm.modules() if isinstance(m, WEIGHT_LAYERS))
+    zeros_before = sum(int((m.weight == 0).sum()) for m in env.task.analysis.gm.modules() if isinstance(m, WEIGHT_LAYERS))
     assert nonzero == info["nonzero_params"] and 0 <= decided - nonzero <= zeros_before
-    assert nonzero <= decided <= TARGET * env.wall.base_params
-    assert TARGET * env.wall.base_params - decided <= env.widths.max()  # the wall used the budget up
+    assert nonzero <= decided <= TARGET * env.mode.sparsity.base_params
+    assert TARGET * env.mode.sparsity.base_params - decided <= env.mode.widths.max()  # the wall used the budget up
     assert info["flops_ratio"] == 1.0  # zeros are not speed: dense MACs unchanged
-    original = dict(env.analysis.gm.named_modules())
+    original = dict(env.task.analysis.gm.named_modules())
     for (name, m), k in zip([(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)], info["counts"]):
         w0 = original[name].weight.detach().abs().flatten()
         kept = m.weight.detach().flatten() != 0
@@ -67,7 +67,7 @@ def test_sparse_export_round_trips(env, tmp_path):
     blob = torch.load(tmp_path / "sparse.pt", weights_only=True)
     assert blob["state_dict"]["conv1.weight"].is_sparse
     fresh = load_sparse(gym.make("AGMC-v0", model="resnet20", dataset=tiny_dataset(size=32), weights=False,
-                                 val_size=32, calib_size=16, device="cpu", amp="off").unwrapped.analysis.gm,
+                                 val_size=32, calib_size=16, device="cpu", amp="off").unwrapped.task.analysis.gm,
                         tmp_path / "sparse.pt")
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
         assert torch.equal(a, b)

@@ -1,0 +1,199 @@
+"""A search's output folder: the one place that knows its file names, writes them atomically, and decides
+whether a folder starts, resumes or is refused.
+
+- ``run.json`` — the run's identity (a different run in the same folder is refused) and whether it finished;
+- ``episodes.csv`` — one row per finished episode, flushed as it goes;
+- ``trajectories.jsonl`` — the actions (SB3's scaled units, [-1, 1]) and reward of each episode, from
+  which an RL replay buffer is rebuilt on resume (observations are a deterministic function of the actions);
+- ``best.json`` / ``best_pruned.pt`` — the best episode and its pruned model, plus what the pruning mode
+  exports beside it (fine mode: ``best_sparse.pt``, a sparse COO state dict);
+- ``checkpoint.pt`` — the searcher's state (agent, RNGs, episode counter, best so far), written after each
+  episode; ``agent.zip`` and ``tb/`` (RL searches) when the search finishes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RUN, EPISODES, TRAJECTORIES = "run.json", "episodes.csv", "trajectories.jsonl"
+BEST, BEST_MODEL, CHECKPOINT, AGENT, TENSORBOARD = "best.json", "best_pruned.pt", "checkpoint.pt", "agent.zip", "tb"
+EPISODE_FIELDS = ["episode", "reward", "accuracy", "flops_ratio", "params_ratio", "keep_ratios", "seconds"]
+BEST_EXTRAS = ("top1", "top5", "sparsity", "nonzero_params")
+
+
+class RunError(RuntimeError):
+    """The output folder cannot be used for this run (finished, different run, corrupt checkpoint)."""
+
+
+@dataclass
+class SearchConfig:
+    env_id: str
+    algo: str = "ddpg"
+    embedding: str = "gnn"
+    episodes: int = 300
+    warmup: int = 25
+    seed: int = 0
+    reward_baseline: bool = False
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a folder's run to be resumed (the episode count may be extended)."""
+        d = asdict(self)
+        d.pop("episodes")
+        return d
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write, flush, then rename: a reader never sees half a file, whenever the process dies."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_pruned(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """A self-contained pruned model: ``torch.load(path, weights_only=False)["model"]`` is the module."""
+    buf = io.BytesIO()
+    torch.save({"model": model, "meta": meta}, buf)
+    atomic_write(Path(path), buf.getvalue())
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class RunFolder:
+    """Episode log, best-so-far export, checkpoints and the run's life cycle for one output folder."""
+
+    def __init__(self, out: str | os.PathLike, config: SearchConfig, kind: str = "search") -> None:
+        self.out, self.config, self.kind = Path(out), config, kind
+        self.episodes = 0
+        self.best: dict[str, Any] | None = None
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+    # ------------------------------------------------------------------ life cycle
+    def prepare(self, force: bool = False) -> bool:
+        """Create or validate the folder; returns True when a checkpoint there should be resumed."""
+        run_file = self.path(RUN)
+        if run_file.exists() and not force:
+            try:
+                previous = json.loads(run_file.read_text())
+            except json.JSONDecodeError as exc:
+                raise RunError(f"{run_file} is corrupt ({exc}); use --force to start over") from exc
+            identity = json.loads(json.dumps(self.config.identity()))
+            if previous.get("kind") != self.kind or previous.get("identity") != identity:
+                raise RunError(f"{self.out} holds a different run ({run_file}); choose another --out or pass --force "
+                               "to overwrite")
+            if previous.get("finished") and previous.get("episodes", 0) >= self.config.episodes:
+                raise RunError(f"{self.out} holds a finished run of {previous['episodes']} episodes; pass --force to "
+                               "overwrite or a larger --episodes to extend it")
+            if self.path(CHECKPOINT).exists():
+                return True
+            if self.path(EPISODES).exists():  # killed before its first checkpoint: start the logs over
+                self.truncate_to(0)
+            return False
+        if force and self.out.exists():
+            for name in (RUN, EPISODES, TRAJECTORIES, BEST, BEST_MODEL, CHECKPOINT, AGENT):
+                self.path(name).unlink(missing_ok=True)
+            for extra in self.out.glob("best_*.pt"):  # what a pruning mode exported beside the best model
+                extra.unlink()
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_file, json.dumps({"kind": self.kind, "identity": self.config.identity(),
+                                           "episodes": self.config.episodes, "finished": False}, indent=2).encode())
+        return False
+
+    def finish(self) -> None:
+        run = json.loads(self.path(RUN).read_text())
+        run.update(finished=True, episodes=self.config.episodes)
+        atomic_write(self.path(RUN), json.dumps(run, indent=2).encode())
+
+    # ------------------------------------------------------------------ logs
+    def truncate_to(self, episodes: int) -> list[dict[str, Any]]:
+        """Keep the first ``episodes`` rows of the logs (drop an episode logged after the last checkpoint);
+        returns the kept trajectories."""
+        rows = _read_csv(self.path(EPISODES))[:episodes]
+        trajectories = _read_jsonl(self.path(TRAJECTORIES))[:episodes]
+        if len(rows) < episodes or len(trajectories) < episodes:
+            raise RunError(f"{self.out}: the logs hold fewer episodes than the checkpoint ({episodes}); "
+                           f"the folder was edited — start over with --force")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=EPISODE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.path(EPISODES), buf.getvalue().encode())
+        atomic_write(self.path(TRAJECTORIES), "".join(json.dumps(t) + "\n" for t in trajectories).encode())
+        self.episodes = episodes
+        return trajectories
+
+    def log_episode(self, info: dict[str, Any], reward: float, actions: list[float], seconds: float, env) -> None:
+        """Append one finished episode; export it if it is the best so far (``env``: the unwrapped env)."""
+        row = {"episode": self.episodes, "reward": reward, "accuracy": info["accuracy"],
+               "flops_ratio": info["flops_ratio"], "params_ratio": info["params_ratio"],
+               "keep_ratios": json.dumps([round(r, 6) for r in info["keep_ratios"]]), "seconds": round(seconds, 4)}
+        path = self.path(EPISODES)
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=EPISODE_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        with open(self.path(TRAJECTORIES), "a") as f:
+            f.write(json.dumps({"episode": self.episodes, "actions": actions, "reward": reward}) + "\n")
+        if self.best is None or reward > self.best["reward"]:
+            self._export_best(info, reward, env)
+        self.episodes += 1
+
+    def _export_best(self, info: dict[str, Any], reward: float, env) -> None:
+        c = self.config
+        self.best = {"episode": self.episodes, "reward": reward, "accuracy": info["accuracy"],
+                     "flops_ratio": info["flops_ratio"], "params_ratio": info["params_ratio"],
+                     "keep_ratios": info["keep_ratios"], "counts": info["counts"],
+                     **{k: info[k] for k in BEST_EXTRAS if k in info},
+                     "env_id": c.env_id, "env_kwargs": c.env_kwargs, "seed": c.seed, "algorithm": c.algo,
+                     "embedding": c.embedding}
+        model = env.pruned_model()
+        save_pruned(self.path(BEST_MODEL), model, self.best)
+        for suffix, data in env.mode.exports(model).items():
+            atomic_write(self.path(f"best_{suffix}.pt"), data)
+        atomic_write(self.path(BEST), json.dumps(self.best, indent=2).encode())
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, payload: dict[str, Any]) -> None:
+        """The searcher's state after ``self.episodes`` episodes (the counter and best so far are added)."""
+        buf = io.BytesIO()
+        torch.save({**payload, "state": {**payload.get("state", {}), "episodes": self.episodes, "best": self.best}},
+                   buf)
+        atomic_write(self.path(CHECKPOINT), buf.getvalue())
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        """The last checkpoint; the logs are cut back to it and the counter and best so far restored."""
+        try:
+            ckpt = torch.load(self.path(CHECKPOINT), map_location="cpu", weights_only=False)
+            state = ckpt["state"]
+            episodes = state["episodes"]
+        except Exception as exc:
+            raise RunError(f"checkpoint {self.path(CHECKPOINT)} is corrupt or unreadable ({exc}); "
+                           "pass --force to start the run over") from exc
+        ckpt["trajectories"] = self.truncate_to(episodes)
+        self.best = state["best"]
+        return ckpt

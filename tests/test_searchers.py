@@ -1,0 +1,108 @@
+"""Whole-episode searchers (ask / tell): built-in uniform and random, a user's own, and exact resume."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
+from agents import run_folder
+from agents.run_folder import SearchConfig
+from agents.searchers import RandomSearcher, Searcher, run_baseline, run_searcher
+
+
+def _log(folder):
+    return [(r["reward"], r["keep_ratios"], r["flops_ratio"]) for r in csv.DictReader(open(folder / "episodes.csv"))]
+
+
+def test_random_search_resumes_exactly(tmp_path, monkeypatch):
+    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path / "full", episodes=6, seed=4, progress=False)
+    real = run_folder.RunFolder.log_episode
+
+    def killed_after_fourth(self, *args, **kwargs):  # dies after logging, before the checkpoint
+        real(self, *args, **kwargs)
+        if self.episodes == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_folder.RunFolder, "log_episode", killed_after_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run_baseline("random", "AGMCTest-Tiny-v0", tmp_path / "cut", episodes=6, seed=4, progress=False)
+    monkeypatch.setattr(run_folder.RunFolder, "log_episode", real)
+    assert len(_log(tmp_path / "cut")) == 4
+    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path / "cut", episodes=6, seed=4, progress=False)
+    assert _log(tmp_path / "cut") == _log(tmp_path / "full")
+
+
+def test_random_search_draws_the_seeded_plan(tmp_path):
+    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=7, progress=False)
+    plan = np.random.default_rng(7).uniform(0.0, 1.0, (3, 6))
+    logged = [line for line in (tmp_path / "trajectories.jsonl").read_text().splitlines()]
+    import json
+
+    assert np.allclose([json.loads(t)["actions"] for t in logged], 2 * plan - 1)
+
+
+def test_uniform_is_one_episode_at_one_ratio(tmp_path):
+    best = run_baseline("uniform", "AGMCTest-Tiny-v0", tmp_path, episodes=50, progress=False)
+    assert len(_log(tmp_path)) == 1
+    assert len(set(best["keep_ratios"])) <= 2  # one ratio (rounded to channel counts per width)
+    assert best["flops_ratio"] <= 0.6
+
+
+class Ascending(Searcher):
+    """A user's searcher: tries ever larger uniform actions and remembers what it was told."""
+
+    def setup(self, env, seed):
+        self.T, self.step, self.told = env.num_decisions, 0, []
+
+    def ask(self):
+        self.step += 1
+        return np.full(self.T, self.step / 10)
+
+    def tell(self, actions, reward, info):
+        self.told.append(reward)
+
+    def state_dict(self):
+        return {"step": self.step, "told": list(self.told)}
+
+    def load_state_dict(self, state):
+        self.step, self.told = state["step"], state["told"]
+
+
+def test_a_users_searcher_gets_the_same_run_folder(tmp_path):
+    searcher = Ascending()
+    config = SearchConfig("AGMCTest-Tiny-v0", algo="ascending", embedding="none", episodes=3, warmup=0)
+    best = run_searcher(searcher, config, tmp_path, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "episodes.csv")))
+    assert len(rows) == 3 and searcher.told == [float(r["reward"]) for r in rows]
+    for name in ("run.json", "best.json", "best_pruned.pt", "checkpoint.pt", "trajectories.jsonl"):
+        assert (tmp_path / name).exists(), name
+    assert best["algorithm"] == "ascending"
+    config.episodes = 5  # extend: the state comes back from the checkpoint
+    run_searcher(Ascending(), config, tmp_path, progress=False)
+    assert len(list(csv.DictReader(open(tmp_path / "episodes.csv")))) == 5
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_its_log_over(tmp_path, monkeypatch):
+    def boom(self, state):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_folder.RunFolder, "save_checkpoint", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=1, progress=False)
+    monkeypatch.undo()
+    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=1, progress=False)
+    assert [int(r["episode"]) for r in csv.DictReader(open(tmp_path / "episodes.csv"))] == [0, 1, 2]
+
+
+def test_random_searcher_state_round_trips():
+    class Env:
+        num_decisions = 4
+
+    a, b = RandomSearcher(), RandomSearcher()
+    a.setup(Env(), 3)
+    a.ask()
+    b.setup(Env(), 99)
+    b.load_state_dict(a.state_dict())
+    assert np.array_equal(a.ask(), b.ask())

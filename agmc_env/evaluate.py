@@ -69,7 +69,9 @@ class Evaluator:
 
     def recalibrate(self, model: nn.Module) -> None:
         """Adaptive BN (EagleEye): re-estimate every BN's running statistics on the calibration images,
-        as a plain average over them (momentum=None), with everything else in eval mode."""
+        as a plain average over them (momentum=None), with everything else in eval mode. The images are cut
+        into equal batches (at most ``batch_size``): the average weighs every batch alike, so a small
+        remainder batch would count as much as a full one."""
         bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not bns or len(self.calib) == 0:
             return
@@ -79,8 +81,8 @@ class Evaluator:
             bn.momentum = None
             bn.train()
         with torch.no_grad(), self._autocast(self.dtype):
-            for start in range(0, len(self.calib), self.batch_size):
-                model(self.calib[start:start + self.batch_size])
+            for batch in torch.tensor_split(self.calib, -(-len(self.calib) // self.batch_size)):
+                model(batch)
         model.eval()
 
     def accuracy(self, model: nn.Module, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,

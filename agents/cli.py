@@ -46,6 +46,17 @@ def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {o.name: getattr(args, o.name) for o in OPTIONS if o.cli is not None and getattr(args, o.name) is not None}
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """What every search command takes: seed, output folder, threads, then the env options."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite whatever run --out holds")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core); with several "
+                   "searches at once keep processes × threads ≤ cores")
+    _add_env_options(p)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agmc", description="Automated channel pruning with RL on the AGMC env.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,23 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--embedding", choices=sorted(EMBEDDINGS), default="gnn")
     s.add_argument("--episodes", type=int, default=300)
     s.add_argument("--warmup", type=int, default=25, help="episodes of uniformly random actions before learning")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--reward-baseline", action="store_true", help="subtract AMC's moving-average reward baseline")
-    s.add_argument("--out", required=True)
     s.add_argument("--resume", action="store_true", help="continue the run in --out (also automatic)")
-    s.add_argument("--force", action="store_true", help="overwrite whatever run --out holds")
-    s.add_argument("--no-progress", action="store_true")
-    _add_env_options(s)
+    _add_run_options(s)
 
     b = sub.add_parser("baseline", help="uniform or random keep ratios through the same budget wall")
     b.add_argument("env_id", type=_env_id)
     b.add_argument("--method", choices=sorted(SEARCHERS), required=True)
     b.add_argument("--episodes", type=int, default=300, help="evaluations for --method random")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--out", required=True)
-    b.add_argument("--force", action="store_true")
-    b.add_argument("--no-progress", action="store_true")
-    _add_env_options(b)
+    _add_run_options(b)
 
     e = sub.add_parser("evaluate", help="accuracy, MACs, params and latency of a pruned checkpoint")
     e.add_argument("checkpoint")
@@ -95,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         if args.command == "search":
             config = SearchConfig(args.env_id, args.algo, args.embedding, args.episodes, args.warmup, args.seed,

@@ -172,10 +172,25 @@ def _worker_run(config_name: str, method_name: str, seed: int, threads: int | No
     return f"{method_name}-s{seed}"
 
 
+def threads_per_process(processes: int, threads: int | None = None) -> int | None:
+    """Torch threads for each of ``processes`` runs at once, so that processes × threads ≤ cores (4 threads on
+    2 cores slowed a search ~8×). An explicit ``threads`` that oversubscribes is refused."""
+    cores = os.cpu_count() or 1
+    if processes <= 1:
+        return threads
+    if threads is None:
+        return max(1, cores // processes)
+    if processes * threads > cores:
+        raise SystemExit(f"--workers {processes} × --threads {threads} = {processes * threads} threads on {cores} cores: "
+                         f"oversubscribed (each run slows several-fold); use --threads {max(1, cores // processes)}")
+    return threads
+
+
 def execute(config: GridConfig, shard: tuple[int, int], finetune: bool = True, only: set[str] | None = None,
             workers: int = 1, threads: int | None = None) -> None:
     """Runs the pending cells of this shard, in this process or in ``workers`` processes at once."""
     pending = _pending(config, shard, only)
+    threads = threads_per_process(workers, threads)
     if workers <= 1:
         for n, (method, seed) in enumerate(pending, 1):
             run_one(config, method, seed, n)
@@ -392,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i")
-    p.add_argument("--threads", type=int, help="torch threads per process")
+    p.add_argument("--threads", type=int, help="torch threads per process (default with --workers N: cores // N)")
     p.add_argument("--workers", type=int, default=1, help="run this many grid cells at once, one process each")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--skip-finetune", action="store_true", help="do not run the fine-tuned rows (shard 0 runs them)")

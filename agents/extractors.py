@@ -10,6 +10,14 @@
 
 A batch of B observations becomes one disjoint-union graph (node offsets b·N), so there is no Python
 loop over samples; padded nodes have no edges and are masked out of every readout.
+
+Fast path (GCN layers): every observation of one env carries the same graph (edge_index, edge_mask,
+node_mask, node_decision are static; only x and the decision change), so when all rows of a batch share
+it the normalised adjacency Â = D^-1/2 (A+I) D^-1/2 is built once (PyG's own ``gcn_norm``, cached per
+topology) and each layer is ``Â @ (H W) + b`` for the whole batch at once — one sparse matmul on nodes ×
+(batch·features) instead of PyG's per-call normalisation and gather/scatter over B·E edges. The GCNConv
+modules (and so the state_dict) are the same; only the arithmetic's order differs (float noise). Batches
+with differing graphs, and the other layer types, take the generic PyG path.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import torch
 # torch-geometric still calls torch.jit.script at import time; the deprecation is not ours to act on.
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=FutureWarning)
 import torch_geometric.nn as gnn  # noqa: E402
+from torch_geometric.nn.conv.gcn_conv import gcn_norm  # noqa: E402
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -32,6 +41,48 @@ def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """values [B, N, H], weights [B, N] (0/1) → [B, H]; an empty selection gives zeros."""
     total = weights.sum(1, keepdim=True).clamp_min(1.0)
     return torch.einsum("bnh,bn->bh", values, weights) / total
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """``a @ x`` for a constant sparse ``a`` (CSR); the backward uses the cached CSR transpose ``a_t``."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.a_t = a_t
+        return a @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None, ctx.a_t @ grad
+
+
+class _Topology:
+    """One graph's static arrays (row 0 of a batch) and what the fast path derives from them."""
+
+    def __init__(self, obs: dict[str, torch.Tensor], keys: tuple[str, ...], conv: gnn.GCNConv,
+                 num_decisions: int | None) -> None:
+        self.key = {k: obs[k][0].clone() for k in keys}
+        x = obs["x"]
+        N = x.shape[1]
+        edges = self.key["edge_index"].long()[:, self.key["edge_mask"] > 0.5]
+        edges = torch.cat([edges, edges.flip(0)], 1)  # as the PyG path: both ways along the data flow
+        edges, weight = gcn_norm(edges, None, N, conv.improved, conv.add_self_loops, conv.flow, x.dtype)
+        src, dst = (edges[0], edges[1]) if conv.flow == "source_to_target" else (edges[1], edges[0])
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul with a dense matrix is all we use
+            warnings.simplefilter("ignore", UserWarning)
+            adj = torch.sparse_coo_tensor(torch.stack([dst, src]), weight, (N, N), check_invariants=True).coalesce()
+            self.adj = adj.to_sparse_csr()  # out[i] += w·h[j] for each edge j → i, self-loops included
+            self.adj_t = adj.t().coalesce().to_sparse_csr()
+        self.node_mask = self.key["node_mask"]
+        self.count = self.node_mask.sum().clamp_min(1.0)
+        if num_decisions is not None:  # owner[n, t] = node n belongs to decision t (and is real)
+            T = num_decisions
+            owner = nn.functional.one_hot(self.key["node_decision"].long().clamp(0, T), T + 1)[:, 1:].to(x.dtype)
+            self.owner_t = (owner * self.node_mask.unsqueeze(-1)).t().contiguous()  # [T, N]
+            self.owner_count = self.owner_t.sum(1).clamp_min(1.0).view(T, 1, 1)
+
+    def matches(self, obs: dict[str, torch.Tensor]) -> bool:
+        return all(torch.equal(obs[k][0], v) for k, v in self.key.items())
 
 
 class GraphEncoderExtractor(BaseFeaturesExtractor):
@@ -58,6 +109,65 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         if decoder == "lstm":
             self.num_decisions = int(observation_space["decision_index"].high.max())
             self.lstm = nn.LSTM(2 * hidden, hidden, batch_first=True)
+        self.fast = conv == "gcn"  # set False to force the generic PyG path (tests compare the two)
+        self._topology: _Topology | None = None  # plain attribute, not a buffer: the state_dict is unchanged
+
+    def _shared_topology(self, obs: dict[str, torch.Tensor]) -> _Topology | None:
+        """The cached topology if every row of the batch has row 0's graph, else None (generic path)."""
+        keys = ("edge_index", "edge_mask", "node_mask") + (("node_decision",) if self.decoder == "lstm" else ())
+        if any(obs[k].shape[0] > 1 and not bool((obs[k] == obs[k][:1]).all()) for k in keys):
+            return None
+        topo = self._topology
+        if topo is None or topo.adj.device != obs["x"].device or topo.adj.dtype != obs["x"].dtype \
+                or not topo.matches(obs):
+            with torch.no_grad():
+                topo = self._topology = _Topology(obs, keys, self.convs[0],
+                                                  self.num_decisions if self.decoder == "lstm" else None)
+        return topo
+
+    def _first_layer(self, x: torch.Tensor, topo: _Topology) -> torch.Tensor:
+        """Layer 1 as (Â X) Wᵀ + b, split by feature columns: those equal in every row of the batch (the
+        op graph's static features) go through Â and W once for the whole batch, the others (keep ratios,
+        current decision) per sample. Same function as Â (X Wᵀ) + b; x needs no gradient, so Â X doesn't."""
+        conv = self.convs[0]
+        B, N, F = x.shape
+        weight = conv.lin.weight  # [H, F]
+        same = (x == x[:1]).all(0).all(0) if B > 1 else torch.ones(F, dtype=torch.bool, device=x.device)
+        shared_cols, own_cols = same.nonzero().view(-1), (~same).nonzero().view(-1)
+        out = None
+        if len(own_cols):
+            own = x.index_select(2, own_cols).transpose(0, 1).reshape(N, -1)  # [N, B·F_own]
+            out = _SparseMatmul.apply(topo.adj, topo.adj_t, own).view(N, B, -1) @ weight.index_select(1, own_cols).t()
+        if len(shared_cols):
+            shared = _SparseMatmul.apply(topo.adj, topo.adj_t, x[0].index_select(1, shared_cols)) @ weight.index_select(1, shared_cols).t()
+            out = shared.unsqueeze(1).expand(N, B, -1) if out is None else out + shared.unsqueeze(1)
+        return out + conv.bias if conv.bias is not None else out
+
+    def _fast_forward(self, obs: dict[str, torch.Tensor], topo: _Topology) -> torch.Tensor:
+        """The shared-graph path: node-major activations [N, B, H], so each layer is one sparse matmul."""
+        x = obs["x"]
+        B, N, F = x.shape
+        h = self.act(self._first_layer(x, topo))  # [N, B, H]
+        for conv in self.convs[1:]:
+            h = conv.lin(h)
+            h = _SparseMatmul.apply(topo.adj, topo.adj_t, h.reshape(N, -1)).view(N, B, -1)
+            if conv.bias is not None:
+                h = h + conv.bias
+            h = self.act(h)
+        h = h * topo.node_mask.view(N, 1, 1)
+        H = h.shape[-1]
+        graph = (topo.node_mask @ h.reshape(N, -1)).view(B, H) / topo.count
+        dn = obs["decision_nodes"]
+        current = torch.bmm(dn.unsqueeze(1), h.transpose(0, 1)).squeeze(1) / dn.sum(1, keepdim=True).clamp_min(1.0)
+        if self.decoder == "none":
+            return torch.cat([current, graph], 1)
+        T = self.num_decisions
+        per_decision = (topo.owner_t @ h.reshape(N, -1)).view(T, B, H) / topo.owner_count  # [T, B, H]
+        seq = torch.cat([per_decision, graph.unsqueeze(0).expand(T, -1, -1)], 2).transpose(0, 1)
+        out, _ = self.lstm(seq)
+        t = obs["decision_index"].long().view(-1).clamp(0, T - 1)
+        state = out[torch.arange(len(t), device=out.device), t]
+        return torch.cat([state, current, graph], 1)
 
     def _encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         x = obs["x"]
@@ -73,6 +183,9 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         return h.view(B, N, -1) * obs["node_mask"].unsqueeze(-1)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        topo = self._shared_topology(obs) if self.fast else None
+        if topo is not None:
+            return self._fast_forward(obs, topo)
         h = self._encode(obs)
         graph = _masked_mean(h, obs["node_mask"])
         current = _masked_mean(h, obs["decision_nodes"])

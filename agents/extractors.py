@@ -43,17 +43,38 @@ def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bnh,bn->bh", values, weights) / total
 
 
-class _SparseMatmul(torch.autograd.Function):
-    """``a @ x`` for a constant sparse ``a`` (CSR); the backward uses the cached CSR transpose ``a_t``."""
+class _Aggregate(torch.autograd.Function):
+    """``a @ x (+ bias per feature)`` for a constant sparse ``a`` [N, N] (CSR) and node-major ``x`` [N, B·H];
+    the bias add is fused into the sparse addmm, and the backward uses the cached CSR transpose ``a_t``."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.a_t = a_t
-        return a @ x
+        if bias is None:
+            return a @ x
+        ctx.features = bias.numel()
+        return torch.addmm(bias.repeat(x.shape[1] // bias.numel()).unsqueeze(0), a, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return None, None, ctx.a_t @ grad
+        grad_x = ctx.a_t @ grad if ctx.needs_input_grad[2] else None
+        grad_bias = grad.sum(0).view(-1, ctx.features).sum(0) if ctx.needs_input_grad[3] else None
+        return None, None, grad_x, grad_bias
+
+
+class _ConstLinear(torch.autograd.Function):
+    """``x @ w.t()`` for an ``x`` [M, K] that needs no gradient and a small K: the weight gradient is
+    computed as (xᵀ g)ᵀ, much faster on CPU than autograd's gᵀ x for this skinny shape."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x @ w.t()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return None, (x.t() @ grad).t()
 
 
 class _Topology:
@@ -75,6 +96,7 @@ class _Topology:
             self.adj_t = adj.t().coalesce().to_sparse_csr()
         self.node_mask = self.key["node_mask"]
         self.count = self.node_mask.sum().clamp_min(1.0)
+        self.all_real = bool((self.node_mask == 1).all())  # no padded node: the node-mask product is a no-op
         if num_decisions is not None:  # owner[n, t] = node n belongs to decision t (and is real)
             T = num_decisions
             owner = nn.functional.one_hot(self.key["node_decision"].long().clamp(0, T), T + 1)[:, 1:].to(x.dtype)
@@ -135,13 +157,18 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         same = (x == x[:1]).all(0).all(0) if B > 1 else torch.ones(F, dtype=torch.bool, device=x.device)
         shared_cols, own_cols = same.nonzero().view(-1), (~same).nonzero().view(-1)
         out = None
-        if len(own_cols):
-            own = x.index_select(2, own_cols).transpose(0, 1).reshape(N, -1)  # [N, B·F_own]
-            out = _SparseMatmul.apply(topo.adj, topo.adj_t, own).view(N, B, -1) @ weight.index_select(1, own_cols).t()
+        if len(own_cols):  # [N, B·F_own] → Â → [N·B, F_own] → W
+            own = x.index_select(2, own_cols).transpose(0, 1).reshape(N, -1)
+            own = _Aggregate.apply(topo.adj, topo.adj_t, own, None).view(N * B, -1)
+            out = _ConstLinear.apply(own, weight.index_select(1, own_cols)).view(N, B, -1)
+        shared = conv.bias.view(1, -1) if conv.bias is not None else None  # [N or 1, H], broadcast over B
         if len(shared_cols):
-            shared = _SparseMatmul.apply(topo.adj, topo.adj_t, x[0].index_select(1, shared_cols)) @ weight.index_select(1, shared_cols).t()
-            out = shared.unsqueeze(1).expand(N, B, -1) if out is None else out + shared.unsqueeze(1)
-        return out + conv.bias if conv.bias is not None else out
+            part = _Aggregate.apply(topo.adj, topo.adj_t, x[0].index_select(1, shared_cols), None)
+            part = part @ weight.index_select(1, shared_cols).t()
+            shared = part if shared is None else part + shared
+        if shared is None:
+            return out
+        return shared.unsqueeze(1).expand(N, B, -1) if out is None else out + shared.unsqueeze(1)
 
     def _fast_forward(self, obs: dict[str, torch.Tensor], topo: _Topology) -> torch.Tensor:
         """The shared-graph path: node-major activations [N, B, H], so each layer is one sparse matmul."""
@@ -149,16 +176,20 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         B, N, F = x.shape
         h = self.act(self._first_layer(x, topo))  # [N, B, H]
         for conv in self.convs[1:]:
-            h = conv.lin(h)
-            h = _SparseMatmul.apply(topo.adj, topo.adj_t, h.reshape(N, -1)).view(N, B, -1)
-            if conv.bias is not None:
-                h = h + conv.bias
-            h = self.act(h)
-        h = h * topo.node_mask.view(N, 1, 1)
+            h = self.act(_Aggregate.apply(topo.adj, topo.adj_t, conv.lin(h).view(N, -1), conv.bias).view(N, B, -1))
+        if not topo.all_real:
+            h = h * topo.node_mask.view(N, 1, 1)
         H = h.shape[-1]
-        graph = (topo.node_mask @ h.reshape(N, -1)).view(B, H) / topo.count
+        # Readouts. Their backward writes a gradient for every node: a sum's is a broadcast view, and the
+        # current decision's few nodes are gathered, so neither makes a dense outer product.
+        if topo.all_real:
+            graph = h.sum(0) / topo.count
+        else:
+            graph = (topo.node_mask @ h.reshape(N, -1)).view(B, H) / topo.count
         dn = obs["decision_nodes"]
-        current = torch.bmm(dn.unsqueeze(1), h.transpose(0, 1)).squeeze(1) / dn.sum(1, keepdim=True).clamp_min(1.0)
+        b_idx, n_idx = dn.nonzero(as_tuple=True)
+        picked = h[n_idx, b_idx] * dn[b_idx, n_idx].unsqueeze(1)  # [K, H]
+        current = h.new_zeros(B, H).index_add_(0, b_idx, picked) / dn.sum(1, keepdim=True).clamp_min(1.0)
         if self.decoder == "none":
             return torch.cat([current, graph], 1)
         T = self.num_decisions

@@ -62,19 +62,24 @@ class _Aggregate(torch.autograd.Function):
         return None, None, grad_x, grad_bias
 
 
-class _ConstLinear(torch.autograd.Function):
-    """``x @ w.t()`` for an ``x`` [M, K] that needs no gradient and a small K: the weight gradient is
-    computed as (xᵀ g)ᵀ, much faster on CPU than autograd's gᵀ x for this skinny shape."""
+class _FirstLayer(torch.autograd.Function):
+    """``own @ w.t() + shared[:, None]``: own [N, B, K] (per-sample inputs, no gradient, K small), w [H, K],
+    shared [N, H] broadcast over the batch. One baddbmm: a [N·B, K] @ [K, H] matmul with K ≈ 3 is 10× slower
+    on CPU, and so is autograd's gᵀ x for the weight gradient, computed here as (xᵀ g)ᵀ."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x @ w.t()
+    def forward(ctx, own: torch.Tensor, w: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(own)
+        N, _, K = own.shape
+        return torch.baddbmm(shared.unsqueeze(1), own, w.t().expand(N, K, -1))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        return None, (x.t() @ grad).t()
+        (own,) = ctx.saved_tensors
+        grad_w = (own.reshape(-1, own.shape[2]).t() @ grad.reshape(-1, grad.shape[2])).t() \
+            if ctx.needs_input_grad[1] else None
+        grad_shared = grad.sum(1) if ctx.needs_input_grad[2] else None
+        return None, grad_w, grad_shared
 
 
 class _Topology:
@@ -156,19 +161,15 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         weight = conv.lin.weight  # [H, F]
         same = (x == x[:1]).all(0).all(0) if B > 1 else torch.ones(F, dtype=torch.bool, device=x.device)
         shared_cols, own_cols = same.nonzero().view(-1), (~same).nonzero().view(-1)
-        out = None
-        if len(own_cols):  # [N, B·F_own] → Â → [N·B, F_own] → W
-            own = x.index_select(2, own_cols).transpose(0, 1).reshape(N, -1)
-            own = _Aggregate.apply(topo.adj, topo.adj_t, own, None).view(N * B, -1)
-            out = _ConstLinear.apply(own, weight.index_select(1, own_cols)).view(N, B, -1)
-        shared = conv.bias.view(1, -1) if conv.bias is not None else None  # [N or 1, H], broadcast over B
-        if len(shared_cols):
+        shared = conv.bias.view(1, -1).expand(N, -1) if conv.bias is not None else x.new_zeros(N, weight.shape[0])
+        if len(shared_cols):  # [N, H], the same for every row of the batch
             part = _Aggregate.apply(topo.adj, topo.adj_t, x[0].index_select(1, shared_cols), None)
-            part = part @ weight.index_select(1, shared_cols).t()
-            shared = part if shared is None else part + shared
-        if shared is None:
-            return out
-        return shared.unsqueeze(1).expand(N, B, -1) if out is None else out + shared.unsqueeze(1)
+            shared = part @ weight.index_select(1, shared_cols).t() + shared
+        if not len(own_cols):
+            return shared.unsqueeze(1).expand(N, B, -1)
+        own = x.index_select(2, own_cols).transpose(0, 1).reshape(N, -1)  # [N, B·F_own]
+        own = _Aggregate.apply(topo.adj, topo.adj_t, own, None).view(N, B, -1)
+        return _FirstLayer.apply(own, weight.index_select(1, own_cols), shared)
 
     def _fast_forward(self, obs: dict[str, torch.Tensor], topo: _Topology) -> torch.Tensor:
         """The shared-graph path: node-major activations [N, B, H], so each layer is one sparse matmul."""

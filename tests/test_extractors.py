@@ -93,9 +93,9 @@ def test_fast_path_equals_pyg_path(kwargs, padded):
     first, high, low = _two_states()
     if not padded:  # the env's own sizes (as the registered ids): no padded node, the fast path skips the mask
         n, e = int(first["node_mask"].sum()), int(first["edge_mask"].sum())
-        first, high, low = ({**o, "x": o["x"][:n], "node_mask": o["node_mask"][:n], "decision_nodes": o["decision_nodes"][:n],
-                             "node_decision": o["node_decision"][:n], "edge_index": o["edge_index"][:, :e],
-                             "edge_mask": o["edge_mask"][:e]} for o in (first, high, low))
+        first, high, low = ({**o, **{k: o[k][:n] for k in ("x", "node_mask", "decision_nodes", "node_decision")},
+                             "edge_index": o["edge_index"][:, :e], "edge_mask": o["edge_mask"][:e]}
+                            for o in (first, high, low))
         ext = GraphEncoderExtractor(tiny_env().observation_space, **kwargs)
     obs = _batch(high, low, first, high)
     (fast, fast_grads), (generic, generic_grads) = _fast_and_generic(ext, obs)

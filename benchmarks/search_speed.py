@@ -83,6 +83,21 @@ def measure(env_id: str, algo: str, embedding: str, episodes: int, warmup: int, 
             "torch_threads": torch.get_num_threads()}
 
 
+def machine() -> str:
+    """The CPU as the results should name it: model, the ISA torch uses, bf16 support, torch threads."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (f"{model} ({torch.backends.cpu.get_cpu_capability()}, bf16 {'yes' if bf16 else 'no'}), "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--env", default="AGMC-ResNet56-v0")
@@ -103,22 +118,21 @@ def main(argv: list[str] | None = None) -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
-    import torch
-
     lines = [
         f"# Search speed on {args.env}: seconds per episode by algorithm and embedding", "",
         f"Command: `python -m benchmarks.search_speed {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
         f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}  ",
-        f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}  ",
+        f"Machine: {machine()}  ",
         f"{args.episodes} episodes per combination, first {args.warmup} are warm-up (random actions, no updates); "
         "figures are means over the episodes after warm-up. One process per combination.", "",
         "| algorithm | embedding | s / episode | env step s / episode | RL update s / episode | update / env | "
-        "warm-up s / episode | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "update / episode | warm-up s / episode | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(f"| {r['algo']} | {r['embedding']} | {r['seconds_per_episode']:.2f} | {r['env_seconds']:.2f} | "
                      f"{r['update_seconds']:.2f} | {r['update_seconds'] / r['env_seconds']:.2f} | "
+                     f"{r['update_seconds'] / r['seconds_per_episode']:.0%} | "
                      f"{r['warmup_seconds_per_episode']:.2f} | {r['peak_rss_mb']:.0f} |")
     lines += ["", "Update time = SB3 `train()` after each episode: one gradient step per transition "
               f"({results[0]['decisions']} per episode, batch 64). Env step time includes pruning, BN recalibration "

@@ -47,7 +47,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("importance", "l1", "channel ranking: filter norm, summed over a group", cli=str, choices=("l1", "l2")),
     Option("channel_round", 1, "kept channel counts are multiples of it (or the full width)", cli=int),
     Option("val_size", 1000, "reward-split images held out from the training set (seed ``split_seed``)", cli=int),
-    Option("calib_size", 500, "other training images for BN recalibration", cli=int),
+    Option("calib_size", 128, "other training images for BN recalibration (128 rank random policies as consistently as "
+           "a different set of 500 does: benchmarks/results/calibration_size.md)", cli=int),
     Option("bn_recalibration", True, "re-estimate BatchNorm statistics of each pruned net on the calibration images",
            cli=bool),
     Option("split", "val", "score the reward split (``\"val\"``) or, when asked, the test set (``\"test\"``; for "

@@ -5,7 +5,7 @@ import copy
 
 import torch
 
-from agmc_env.evaluate import Evaluator
+from agmc_env.evaluate import CALIB_BATCH, Evaluator
 from agmc_env.testing import tiny_task
 
 
@@ -14,16 +14,33 @@ def _bn_stats(model):
 
 
 def test_recalibration_weighs_equal_batches():
-    """300 images at batch 250 are two batches of 150, not 250 + 50 (the average weighs each batch alike)."""
+    """300 images are two batches of 150 (CALIB_BATCH is 250 on CPU), not 250 + 50: the average weighs each
+    batch alike, so a small remainder batch would count as much as a full one."""
     task = tiny_task(calib_size=150)
     ev = task.evaluator
     calib = torch.cat([ev.calib, ev.calib.flip(0)])  # 300 images
     model = task.mode.build([int(w) for w in task.mode.widths])
-    split = Evaluator(ev.images, ev.labels, calib, ev.device, batch_size=250, amp="off")
-    split.recalibrate(a := copy.deepcopy(model))
-    halves = Evaluator(ev.images, ev.labels, calib, ev.device, batch_size=150, amp="off")
-    halves.recalibrate(b := copy.deepcopy(model))
+    Evaluator(ev.images, ev.labels, calib, ev.device, amp="off").recalibrate(a := copy.deepcopy(model))
+    b = copy.deepcopy(model)
+    for m in b.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+    with torch.no_grad():
+        b(calib[:150])
+        b(calib[150:])
     assert all(torch.allclose(x, y) for x, y in zip(_bn_stats(a), _bn_stats(b)))
+    assert CALIB_BATCH["cpu"] == 250
+
+
+def test_scoring_does_not_depend_on_the_batch():
+    task = tiny_task()
+    ev = task.evaluator
+    model = task.mode.build([int(w) for w in task.mode.widths])
+    scores = [Evaluator(ev.images, ev.labels, ev.calib, ev.device, batch_size=b, amp="off").scores(model)
+              for b in (7, 64, 1000)]
+    assert scores[0] == scores[1] == scores[2]
 
 
 def test_recalibration_on_a_single_batch_is_the_batch_statistics():

@@ -1,0 +1,47 @@
+"""The CUDA-dependent choices, checked without a GPU (CI has none): device resolution, per-device batches,
+precision, and a clear refusal when CUDA is asked for but absent."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agmc_env import evaluate
+from agmc_env.evaluate import CALIB_BATCH, CPU_BATCH, CUDA_BATCH, Evaluator, resolve_device
+
+
+def test_auto_picks_cuda_when_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_cuda_asked_for_but_absent_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="torch.cuda.is_available\\(\\) is False; use device='cpu'"):
+        resolve_device("cuda")
+
+
+def _evaluator(device: str, amp: str = "auto") -> Evaluator:
+    empty = torch.zeros(0, 3, 8, 8)
+    return Evaluator(empty, torch.zeros(0, dtype=torch.long), empty, torch.device(device), amp=amp)
+
+
+def test_batches_per_device():
+    assert _evaluator("cuda").batch_size == CUDA_BATCH and _evaluator("cpu").batch_size == CPU_BATCH
+    assert CALIB_BATCH["cuda"] >= CALIB_BATCH["cpu"]
+
+
+@pytest.mark.parametrize("supported, expected", [(True, torch.bfloat16), (False, None)])
+def test_cuda_uses_bf16_where_the_card_has_it(monkeypatch, supported, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: supported)
+    ev = _evaluator("cuda")
+    ev.choose_precision(torch.nn.Identity())  # no accuracy pass on CUDA: bf16 is exact enough there
+    assert ev.dtype is expected and ev.amp_check == {}
+
+
+def test_cpu_without_native_bf16_runs_fp32(monkeypatch):
+    monkeypatch.setattr(evaluate, "bf16_supported", lambda device: False)
+    ev = _evaluator("cpu")
+    ev.choose_precision(torch.nn.Identity())
+    assert ev.dtype is None

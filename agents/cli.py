@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="RL search for per-layer keep ratios")
     s.add_argument("env_id", type=_env_id)
-    s.add_argument("--algo", choices=sorted(ALGORITHMS), default="ddpg")
+    s.add_argument("--algo", choices=sorted(ALGORITHMS) + sorted(SEARCHERS), default="ddpg",
+                   help="an SB3 agent (ddpg, td3, sac) or a whole-episode searcher (cmaes, tpe, random, uniform)")
     s.add_argument("--embedding", choices=sorted(EMBEDDINGS), default="gnn")
     s.add_argument("--episodes", type=int, default=300)
     s.add_argument("--warmup", type=int, default=25, help="episodes of uniformly random actions before learning")
@@ -71,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the run in --out (also automatic)")
     _add_run_options(s)
 
-    b = sub.add_parser("baseline", help="uniform or random keep ratios through the same budget wall")
+    b = sub.add_parser("baseline", help="a whole-episode searcher (uniform, random, cmaes, tpe) through the same wall")
     b.add_argument("env_id", type=_env_id)
     b.add_argument("--method", choices=sorted(SEARCHERS), required=True)
     b.add_argument("--episodes", type=int, default=300, help="evaluations for --method random")
@@ -103,14 +104,15 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        if args.command == "search":
-            config = SearchConfig(args.env_id, args.algo, args.embedding, args.episodes, args.warmup, args.seed,
-                                  args.reward_baseline, _env_kwargs(args))
-            best = run_search(config, args.out, force=args.force, progress=not args.no_progress)
-            print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
-        elif args.command == "baseline":
-            best = run_baseline(args.method, args.env_id, args.out, episodes=args.episodes, seed=args.seed,
-                                env_kwargs=_env_kwargs(args), force=args.force, progress=not args.no_progress)
+        if args.command in ("search", "baseline"):
+            method = args.algo if args.command == "search" else args.method
+            if method in SEARCHERS:
+                best = run_baseline(method, args.env_id, args.out, episodes=args.episodes, seed=args.seed,
+                                    env_kwargs=_env_kwargs(args), force=args.force, progress=not args.no_progress)
+            else:
+                config = SearchConfig(args.env_id, method, args.embedding, args.episodes, args.warmup, args.seed,
+                                      args.reward_baseline, _env_kwargs(args))
+                best = run_search(config, args.out, force=args.force, progress=not args.no_progress)
             print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
         elif args.command == "evaluate":
             from agents.evaluation import evaluate_checkpoint

@@ -2,8 +2,9 @@
 
 The interface (:class:`Searcher`) is ask / tell plus a state for exact resume; :func:`run_searcher` plays
 the proposals through the env (the same budget wall, the same episode-end pipeline) and writes the same
-run folder, ``episodes.csv``, best export and checkpoint as an RL search. Uniform and random search are
-built in (``SEARCHERS``); any object with these methods can be passed from Python::
+run folder, ``episodes.csv``, best export and checkpoint as an RL search. Built in (``SEARCHERS``): the
+uniform rule, random search, CMA-ES (``cma``) and TPE (``optuna``); any object with these methods can be
+passed from Python::
 
     class MySearcher(Searcher):
         def setup(self, env, seed): self.rng = np.random.default_rng(seed); self.T = env.num_decisions
@@ -19,8 +20,11 @@ keep SB3's own step-by-step loop (``agents.search``).
 """
 from __future__ import annotations
 
+import importlib
 import os
+import pickle
 import time
+import warnings
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -109,7 +113,81 @@ class RandomSearcher(Searcher):
         self.rng.bit_generator.state = state["rng"]
 
 
-SEARCHERS: dict[str, type[Searcher]] = {"uniform": UniformSearcher, "random": RandomSearcher}
+def _optional(module: str):
+    """A searcher's library, or an error that says how to install it."""
+    try:
+        with warnings.catch_warnings():  # cma: "Could not import matplotlib.pyplot" (plots are not used)
+            warnings.simplefilter("ignore", UserWarning)
+            return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"this searcher needs the {module!r} package: pip install -e \".[search]\" "
+                          f"(or pip install {module})") from exc
+
+
+class CMAESSearcher(Searcher):
+    """CMA-ES (Hansen's ``cma`` package) over the action vector in [0, 1]^T: a population of ``popsize``
+    proposals is handed out one at a time and told back as a whole (``cma`` minimises −reward)."""
+
+    def __init__(self, popsize: int = 10, sigma0: float = 0.25, x0: float = 0.5) -> None:
+        self.popsize, self.sigma0, self.x0 = popsize, sigma0, x0
+
+    def setup(self, env, seed: int) -> None:
+        cma = _optional("cma")
+        # cma's seed 0 means "from the clock": offset it; cma samples from numpy's global RNG (saved below)
+        self.es = cma.CMAEvolutionStrategy([self.x0] * env.num_decisions, self.sigma0,
+                                           {"bounds": [0.0, 1.0], "popsize": self.popsize, "seed": seed + 1,
+                                            "verbose": -9})
+        self.population: list[np.ndarray] = []
+        self.rewards: list[float] = []
+
+    def ask(self) -> np.ndarray:
+        if len(self.rewards) == len(self.population):  # the last population is told: sample the next
+            self.population, self.rewards = [np.asarray(x) for x in self.es.ask()], []
+        return np.clip(self.population[len(self.rewards)], 0.0, 1.0)
+
+    def tell(self, actions: np.ndarray, reward: float, info: dict[str, Any]) -> None:
+        self.rewards.append(reward)
+        if len(self.rewards) == len(self.population):
+            self.es.tell(self.population, [-r for r in self.rewards])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"es": pickle.dumps(self.es), "population": self.population, "rewards": self.rewards,
+                "numpy_rng": np.random.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.es = pickle.loads(state["es"])
+        self.population, self.rewards = state["population"], state["rewards"]
+        np.random.set_state(state["numpy_rng"])
+
+
+class TPESearcher(Searcher):
+    """Optuna's tree-structured Parzen estimator (seeded ``TPESampler``, optuna's defaults), one float in
+    [0, 1] per decision, maximising the reward through optuna's ask / tell."""
+
+    def setup(self, env, seed: int) -> None:
+        optuna = _optional("optuna")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.names = [f"a{t}" for t in range(env.num_decisions)]
+        self.study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        self.trial = None
+
+    def ask(self) -> np.ndarray:
+        self.trial = self.study.ask()
+        return np.array([self.trial.suggest_float(name, 0.0, 1.0) for name in self.names])
+
+    def tell(self, actions: np.ndarray, reward: float, info: dict[str, Any]) -> None:
+        self.study.tell(self.trial, reward)
+        self.trial = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"study": pickle.dumps(self.study)}  # in-memory study, sampler RNG included
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.study = pickle.loads(state["study"])
+
+
+SEARCHERS: dict[str, type[Searcher]] = {"uniform": UniformSearcher, "random": RandomSearcher,
+                                        "cmaes": CMAESSearcher, "tpe": TPESearcher}
 
 
 def run_searcher(searcher: Searcher, config: SearchConfig, out: str | os.PathLike, *, force: bool = False,

@@ -126,21 +126,34 @@ class CostModel:
         return out
 
 
+WINDOW = 0.01  # budget="window": episodes end within this fraction of the original MACs below the target
+
+BUDGETS = ("window", "ceiling")
+
+
 class BudgetWall:
-    """AMC's action wall on channel counts: each decision takes the largest count that still lets the
-    MACs target be met if every later decision went to its minimum."""
+    """AMC's action wall on channel counts, with a floor. Each decision takes the count nearest its action
+    that still lets the episode end within [floor, budget] MACs: at most the largest count with which the
+    budget can be met if every later decision went to its minimum (AMC's ceiling), and — with
+    ``budget="window"`` — at least the smallest count with which the floor (``WINDOW`` of the original MACs
+    below the target) can be reached if every later decision went to its maximum. Under-spent budget thus
+    goes to the latest decisions: they are raised just enough for the episode to end inside the window.
+    ``budget="ceiling"`` is AMC's upper-only wall."""
 
     def __init__(self, cost: CostModel, *, flops_target: float, lbound: float, rbound: float,
-                 channel_round: int = 1) -> None:
+                 channel_round: int = 1, budget: str = "window") -> None:
         if not 0.0 < flops_target <= 1.0:
             raise ValueError(f"flops_target must be in (0, 1], got {flops_target}")
         if not 0.0 < lbound <= rbound <= 1.0:
             raise ValueError(f"need 0 < lbound ≤ rbound ≤ 1, got lbound={lbound}, rbound={rbound}")
         if channel_round < 1:
             raise ValueError(f"channel_round must be ≥ 1, got {channel_round}")
+        if budget not in BUDGETS:
+            raise ValueError(f"unknown budget {budget!r}; choose one of {BUDGETS}")
         self.cost = cost
         # MAC counts are integers (exact in float64): the budget is too, so the wall compares exactly.
         self.budget = math.floor(flops_target * cost.base_macs)
+        self.floor = max(0, math.ceil((flops_target - WINDOW) * cost.base_macs)) if budget == "window" else 0
         self.lbound, self.rbound, self.round = lbound, rbound, channel_round
         # Allowed counts per decision: multiples of channel_round (or the full width) within [lbound, rbound].
         self.allowed = []
@@ -152,6 +165,7 @@ class BudgetWall:
                 counts = [min(w, math.ceil(lo / channel_round) * channel_round)]
             self.allowed.append(np.array(counts, dtype=np.int64))
         self.min_counts = np.array([a[0] for a in self.allowed], dtype=np.int64)
+        self.max_counts = np.array([a[-1] for a in self.allowed], dtype=np.int64)
         floor_ratio = cost.macs(self.min_counts) / cost.base_macs
         if cost.macs(self.min_counts) > self.budget:
             raise ValueError(
@@ -166,17 +180,24 @@ class BudgetWall:
         return int(allowed[np.abs(allowed - ratio * self.cost.widths[t]).argmin()])
 
     def clip(self, t: int, count: int, decided: list[int]) -> int:
-        """Cap decision t's count so the budget stays reachable; ``decided`` holds counts 0 … t−1."""
+        """Decision t's count moved into the range that keeps [floor, budget] reachable; ``decided`` holds
+        counts 0 … t−1. The ceiling is a guarantee; the floor holds whenever the remaining decisions' channel
+        steps are finer than the window (always on the CIFAR ResNets, even with channel_round=8)."""
         allowed = self.allowed[t]
-        candidates = allowed[allowed <= count]
-        if len(candidates) == 0:
-            return int(allowed[0])
-        k = np.tile(self.min_counts, (len(candidates), 1))
+        k = np.tile(self.min_counts, (len(allowed), 1))
         k[:, :t] = decided[:t]
-        k[:, t] = candidates
-        feasible = candidates[self.cost.macs_batch(k) <= self.budget]
-        # The minimum count is always feasible (it reproduces the previous step's projection).
-        return int(feasible.max()) if len(feasible) else int(allowed[0])
+        k[:, t] = allowed
+        under = self.cost.macs_batch(k) <= self.budget  # a prefix: MACs grow with every count
+        if self.floor:
+            k[:, t + 1:] = self.max_counts[t + 1:]
+            reach = self.cost.macs_batch(k) >= self.floor  # a suffix
+            both = under & reach
+            if both.any():
+                return int(np.clip(count, allowed[both][0], allowed[both][-1]))
+            if under.any():  # the floor is out of reach: as close to it as the ceiling allows
+                return int(allowed[under][-1])
+        # The minimum count is always under (it reproduces the previous step's projection).
+        return int(min(count, allowed[under][-1])) if under.any() else int(allowed[0])
 
 
 def count_module(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:

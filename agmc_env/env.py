@@ -68,7 +68,9 @@ class AGMCEnv(gym.Env):
     ``terminated`` after the last decision (T steps). The preset ids set ``max_episode_steps`` = T for their
     default options; options that change T (``prune_residual``, ``prune_linear``) need ``max_episode_steps=T``
     (or ``-1``: no time limit) in ``gym.make``, else gymnasium's ``TimeLimit`` truncates the episode early. The final network's
-    MACs are ≤ ``flops_target`` × the original's in every episode, whatever the actions. Calling ``step``
+    MACs are in [``flops_target`` − 1 %, ``flops_target``] × the original's in every episode, whatever the actions
+    (``budget="window"``; the wall raises the last decisions when earlier ones under-spend; ``budget="ceiling"``:
+    ≤ ``flops_target`` only, as AMC). Calling ``step``
     after the end raises ``RuntimeError``; call ``reset``.
 
     ## Arguments

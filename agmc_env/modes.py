@@ -76,7 +76,8 @@ class ChannelMode(PruningMode):
                                 " (try prune_residual=True or prune_linear=True)"))
         self.cost = cost
         self.wall = BudgetWall(cost, flops_target=options["flops_target"], lbound=options["lbound"],
-                               rbound=options["rbound"], channel_round=options["channel_round"])
+                               rbound=options["rbound"], channel_round=options["channel_round"],
+                               budget=options["budget"])
         self.pruner = Pruner(analysis, options["importance"])
         self.widths, self.budget = cost.widths, self.wall.budget
         self.decision_cost, self.base_cost = cost.decision_macs(), cost.base_macs
@@ -104,7 +105,7 @@ class FineMode(PruningMode):
             raise ValueError("granularity='fine' needs params_target= (fraction of parameters left non-zero)")
         self.analysis = analysis
         self.sparsity = WeightSparsity(analysis, params_target=options["params_target"], lbound=options["lbound"],
-                                       rbound=options["rbound"])
+                                       rbound=options["rbound"], budget=options["budget"])
         self.widths, self.budget = self.sparsity.widths, self.sparsity.budget
         self.decision_cost, self.base_cost = self.widths.astype(np.float64), float(self.sparsity.base_params)
         self.producers = self.sparsity.nodes

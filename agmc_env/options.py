@@ -33,6 +33,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("download", False, "fetch the dataset if it is missing"),
     Option("cache_dir", None, "where downloaded checkpoints go (None: ``$AGMC_CACHE_DIR`` or ``~/.cache/agmc``)"),
     Option("flops_target", 0.5, "MACs to keep, as a fraction of the original (channel mode)", cli=float),
+    Option("budget", "window", "``\"window\"``: every episode ends with MACs (fine mode: non-zero parameters) in "
+           "[target − 1 % of the original, target] — the wall raises the last decisions when earlier ones under-spend; "
+           "``\"ceiling\"``: AMC's upper-only wall", cli=str, choices=("window", "ceiling")),
     Option("lbound", 0.2, "smallest keep ratio an action maps to", cli=float),
     Option("rbound", 1.0, "largest keep ratio an action maps to", cli=float),
     Option("prune_residual", False, "also prune residual-stream groups (indices aligned across adds and option-A "

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from agmc_env.budget import BUDGETS, WINDOW
 from agmc_env.decisions import ChannelAnalysis
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
@@ -27,7 +28,8 @@ WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)
 class WeightSparsity:
     """Decisions, wall and magnitude masking for ``granularity="fine"``."""
 
-    def __init__(self, analysis: ChannelAnalysis, *, params_target: float, lbound: float, rbound: float) -> None:
+    def __init__(self, analysis: ChannelAnalysis, *, params_target: float, lbound: float, rbound: float,
+                 budget: str = "window") -> None:
         if not 0.0 < params_target <= 1.0:
             raise ValueError(f"params_target must be in (0, 1], got {params_target}")
         if not 0.0 < lbound <= rbound <= 1.0:
@@ -42,7 +44,11 @@ class WeightSparsity:
         self.widths = np.array([modules[t].weight.numel() for t in self.targets], dtype=np.int64)
         self.base_params = sum(p.numel() for p in gm.parameters())
         self.fixed = self.base_params - int(self.widths.sum())
+        if budget not in BUDGETS:
+            raise ValueError(f"unknown budget {budget!r}; choose one of {BUDGETS}")
         self.budget = math.floor(params_target * self.base_params + 1e-9)
+        # budget="window": end within WINDOW of the original parameters below the target (see BudgetWall)
+        self.floor = max(0, math.ceil((params_target - WINDOW) * self.base_params)) if budget == "window" else 0
         self.min_counts = np.maximum(1, np.ceil(lbound * self.widths - 1e-9)).astype(np.int64)
         self.max_counts = np.maximum(self.min_counts, np.floor(rbound * self.widths + 1e-9)).astype(np.int64)
         floor_params = self.fixed + int(self.min_counts.sum())
@@ -57,8 +63,12 @@ class WeightSparsity:
         return int(np.clip(round(ratio * self.widths[t]), self.min_counts[t], self.max_counts[t]))
 
     def clip(self, t: int, count: int, decided: np.ndarray) -> int:
-        """Cap layer t's non-zero count so the budget stays reachable; ``decided`` holds counts 0 … t−1."""
-        room = self.budget - self.fixed - int(np.sum(decided[:t])) - int(self.min_counts[t + 1:].sum())
+        """Layer t's non-zero count moved into the range that keeps [floor, budget] reachable (the ceiling if
+        every later layer went to its minimum, the floor if to its maximum); ``decided`` holds counts 0 … t−1."""
+        spent = self.fixed + int(np.sum(decided[:t]))
+        room = self.budget - spent - int(self.min_counts[t + 1:].sum())
+        need = self.floor - spent - int(self.max_counts[t + 1:].sum())
+        count = min(max(count, need, self.min_counts[t]), self.max_counts[t])
         return int(max(self.min_counts[t], min(count, room)))
 
     def nonzero(self, counts: np.ndarray) -> int:

@@ -72,7 +72,8 @@ def test_missing_checkpoint_file(tmp_path, capsys):
 def test_uniform_baseline_is_tight_and_random_logs_n(tmp_path):
     assert main(["baseline", *TINY, "--method", "uniform", "--out", str(tmp_path / "u")]) == 0
     best = json.loads((tmp_path / "u" / "best.json").read_text())
-    assert len(set(best["keep_ratios"])) <= 2 and best["flops_ratio"] <= 0.6
+    # one ratio per width's rounding; the budget window may raise the last decision to the floor
+    assert len(set(best["keep_ratios"][:-1])) <= 2 and 0.59 <= best["flops_ratio"] <= 0.6
     assert main(["baseline", *TINY, "--method", "random", "--episodes", "4", "--out", str(tmp_path / "r")]) == 0
     assert len((tmp_path / "r" / "episodes.csv").read_text().splitlines()) == 5
 

@@ -46,8 +46,9 @@ def test_random_search_draws_the_seeded_plan(tmp_path):
 def test_uniform_is_one_episode_at_one_ratio(tmp_path):
     best = run_baseline("uniform", "AGMCTest-Tiny-v0", tmp_path, episodes=50, progress=False)
     assert len(_log(tmp_path)) == 1
-    assert len(set(best["keep_ratios"])) <= 2  # one ratio (rounded to channel counts per width)
-    assert best["flops_ratio"] <= 0.6
+    # one ratio (rounded to channel counts per width); the window may raise the last decision to the floor
+    assert len(set(best["keep_ratios"][:-1])) <= 2
+    assert 0.59 <= best["flops_ratio"] <= 0.6
 
 
 class Ascending(Searcher):
@@ -106,3 +107,42 @@ def test_random_searcher_state_round_trips():
     b.setup(Env(), 99)
     b.load_state_dict(a.state_dict())
     assert np.array_equal(a.ask(), b.ask())
+
+
+@pytest.mark.parametrize("method", ["cmaes", "tpe"])
+def test_library_searchers_resume_exactly(tmp_path, monkeypatch, method):
+    """CMA-ES (mid-population) and TPE continue after a kill exactly as an uninterrupted run."""
+    run_baseline(method, "AGMCTest-Tiny-v0", tmp_path / "full", episodes=7, seed=2, progress=False)
+    real = run_folder.RunFolder.log_episode
+
+    def killed_after_fourth(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if self.episodes == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_folder.RunFolder, "log_episode", killed_after_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run_baseline(method, "AGMCTest-Tiny-v0", tmp_path / "cut", episodes=7, seed=2, progress=False)
+    monkeypatch.setattr(run_folder.RunFolder, "log_episode", real)
+    import numpy  # another library drawing from numpy's global RNG between the kill and the resume
+
+    numpy.random.seed(123)
+    run_baseline(method, "AGMCTest-Tiny-v0", tmp_path / "cut", episodes=7, seed=2, progress=False)
+    assert _log(tmp_path / "cut") == _log(tmp_path / "full")
+
+
+def test_cmaes_tells_whole_populations():
+    class Env:
+        num_decisions = 3
+
+    from agents.searchers import CMAESSearcher
+
+    s = CMAESSearcher(popsize=4)
+    s.setup(Env(), 0)
+    for i in range(4):
+        x = s.ask()
+        assert x.shape == (3,) and np.all((0 <= x) & (x <= 1))
+        s.tell(x, float(-np.sum((x - 0.8) ** 2)), {})
+    assert s.es.countiter == 1 and len(s.rewards) == 4
+    s.ask()
+    assert s.rewards == []  # a new population

@@ -3,56 +3,101 @@
 Defaults (AMC / AGMC, mapped onto SB3; see ``make_agent``):
 
 - γ = 1 (the only reward is the final accuracy, so Q(s_t, a_t) estimates it at every step), τ = 0.01,
-  batch 64, lr 1e-3 (SB3 has one rate for actor and critic; AMC used 1e-4 / 1e-3), actor and critic
-  heads 300-300;
+  batch 64, lr 1e-3 for actor and critic (``actor_lr`` sets the actor's apart: AMC used 1e-4 / 1e-3), actor
+  and critic heads 300-300;
 - replay buffer = episodes × decisions transitions (the whole search; SB3's 1e6 default would reserve
   tens of GB for graph observations);
 - warm-up episodes of uniform random actions (``learning_starts`` = warm-up × T), then one gradient step
   per collected transition at each episode end (``train_freq=(1, "episode")``, ``gradient_steps=-1``);
-- DDPG/TD3 explore with AMC's truncated normal (σ 0.5 on [0, 1], ×0.95 per episode after warm-up);
-  SAC uses its own entropy bonus;
-- optional moving-average reward baseline (AMC): b ← b + 0.5·(mean terminal reward of the batch − b),
-  subtracted from terminal rewards only (our reward is emitted once, at the last step).
+- DDPG/TD3 explore with AMC's truncated normal (σ 0.5 on [0, 1], ×0.95 per episode after warm-up;
+  ``exploration="scaled"``: the decay is set so σ reaches its floor at 2/3 of the episodes); SAC uses its
+  own entropy bonus;
+- credit assignment: ``credit="terminal"`` keeps the env's reward (0 until the final accuracy);
+  ``credit="episode"`` is AMC's released code: at the end of an episode every one of its transitions is
+  given the final reward;
+- optional moving-average reward baseline (AMC): b ← b + 0.5·(mean rewarded value of the batch − b),
+  subtracted from the rewarded transitions (the terminal ones, or all with ``credit="episode"``).
 """
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import torch
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from agents.extractors import EMBEDDINGS
-from agents.noise import AMCNoise, TruncatedNormalExploration
+from agents.noise import SCALED_FLOOR, AMCNoise, TruncatedNormalExploration, scaled_decay
+
+CREDITS = ("terminal", "episode")
+EXPLORATIONS = ("amc", "scaled")
 
 
-class AMCDDPG(TruncatedNormalExploration, DDPG):
+class ActorLearningRate:
+    """Mixin for SB3 actor-critic algorithms: ``actor_lr`` (saved with the agent) overrides the actor's
+    learning rate after SB3 sets every optimizer from its one schedule."""
+
+    actor_lr: float | None = None
+
+    def _update_learning_rate(self, optimizers) -> None:
+        super()._update_learning_rate(optimizers)
+        if self.actor_lr is not None:
+            for group in self.actor.optimizer.param_groups:
+                group["lr"] = self.actor_lr
+
+
+class AMCDDPG(ActorLearningRate, TruncatedNormalExploration, DDPG):
     """SB3 DDPG exploring with AMC's truncated normal."""
 
 
-class AMCTD3(TruncatedNormalExploration, TD3):
+class AMCTD3(ActorLearningRate, TruncatedNormalExploration, TD3):
     """SB3 TD3 exploring with AMC's truncated normal."""
 
 
-ALGORITHMS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": AMCDDPG, "td3": AMCTD3, "sac": SAC}
+class AMCSAC(ActorLearningRate, SAC):
+    """SB3 SAC (its own entropy-driven exploration)."""
 
 
-class BaselineDictReplayBuffer(DictReplayBuffer):
-    """DictReplayBuffer that subtracts AMC's moving-average reward baseline from terminal rewards."""
+ALGORITHMS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": AMCDDPG, "td3": AMCTD3, "sac": AMCSAC}
 
-    def __init__(self, *args: Any, baseline_rate: float = 0.5, **kwargs: Any) -> None:
+
+class AMCReplayBuffer(DictReplayBuffer):
+    """DictReplayBuffer with AMC's credit assignment and reward baseline.
+
+    ``credit="episode"``: when an episode's last transition arrives, the rewards of all its transitions are
+    set to its final reward. ``baseline=True``: a moving average of the rewarded transitions' rewards in each
+    sampled batch is subtracted from them."""
+
+    def __init__(self, *args: Any, credit: str = "terminal", baseline: bool = False, baseline_rate: float = 0.5,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.baseline_rate = baseline_rate
+        if credit not in CREDITS:
+            raise ValueError(f"unknown credit {credit!r}; choose one of {CREDITS}")
+        self.credit, self.use_baseline, self.baseline_rate = credit, baseline, baseline_rate
         self.baseline: float | None = None
+        self._episode_len = 0
+
+    def add(self, obs, next_obs, action, reward, done, infos) -> None:
+        super().add(obs, next_obs, action, reward, done, infos)
+        self._episode_len += 1
+        if bool(np.asarray(done).reshape(-1)[0]):
+            if self.credit == "episode":  # the episode's transitions, newest first, around the ring buffer
+                idx = (self.pos - 1 - np.arange(min(self._episode_len, self.buffer_size))) % self.buffer_size
+                self.rewards[idx] = np.asarray(reward, dtype=np.float32).reshape(-1)[0]
+            self._episode_len = 0
 
     def sample(self, batch_size: int, env=None):
         data = super().sample(batch_size, env)
-        terminal = data.dones > 0.5
-        if terminal.any():
-            mean = float(data.rewards[terminal].mean())
+        if not self.use_baseline:
+            return data
+        rewarded = data.dones > 0.5 if self.credit == "terminal" else torch.ones_like(data.dones, dtype=torch.bool)
+        if rewarded.any():
+            mean = float(data.rewards[rewarded].mean())
             self.baseline = mean if self.baseline is None else self.baseline + self.baseline_rate * (mean - self.baseline)
         if self.baseline is not None:
-            data.rewards.sub_(self.baseline * terminal.float())
+            data.rewards.sub_(self.baseline * rewarded.float())
         return data
 
 
@@ -63,12 +108,16 @@ def _choice(name: str, table: dict, what: str):
 
 
 def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, warmup: int = 25, seed: int = 0,
-               reward_baseline: bool = False, learning_rate: float = 1e-3, batch_size: int = 64,
+               reward_baseline: bool = False, credit: str = "terminal", exploration: str = "amc",
+               learning_rate: float = 1e-3, actor_lr: float | None = None, batch_size: int = 64,
                extractor_kwargs: dict | None = None, tensorboard_log: str | None = None,
                device: str = "auto", verbose: int = 0) -> OffPolicyAlgorithm:
     """An SB3 agent for ``env`` (a gymnasium AGMC env or a VecEnv over one) with the defaults above."""
     cls = _choice(algo, ALGORITHMS, "algorithm")
     extractor, kwargs = _choice(embedding, EMBEDDINGS, "embedding")
+    if credit not in CREDITS or exploration not in EXPLORATIONS:
+        raise ValueError(f"credit must be one of {CREDITS} and exploration one of {EXPLORATIONS}; "
+                         f"got {credit!r}, {exploration!r}")
     decisions = int(env.observation_space["decision_index"].high.max())
     policy_kwargs = dict(features_extractor_class=extractor, features_extractor_kwargs={**kwargs, **(extractor_kwargs or {})},
                          net_arch=dict(pi=[300, 300], qf=[300, 300]))
@@ -77,9 +126,13 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
         batch_size=batch_size, tau=0.01, gamma=1.0, train_freq=(1, "episode"), gradient_steps=-1,
         policy_kwargs=policy_kwargs, seed=seed, device=device, verbose=verbose, tensorboard_log=tensorboard_log,
     )
-    if reward_baseline:
-        options["replay_buffer_class"] = BaselineDictReplayBuffer
+    if reward_baseline or credit != "terminal":
+        options["replay_buffer_class"] = AMCReplayBuffer
+        options["replay_buffer_kwargs"] = {"credit": credit, "baseline": reward_baseline}
     if algo in ("ddpg", "td3"):
-        options["action_noise"] = AMCNoise(sigma=1.0, decay=0.95, warmup_episodes=warmup, seed=seed)
-    return cls("MultiInputPolicy", env, **options)
-
+        decay = 0.95 if exploration == "amc" else scaled_decay(episodes - warmup)
+        floor = 0.0 if exploration == "amc" else SCALED_FLOOR
+        options["action_noise"] = AMCNoise(sigma=1.0, decay=decay, warmup_episodes=warmup, seed=seed, floor=floor)
+    model = cls("MultiInputPolicy", env, **options)
+    model.actor_lr = actor_lr
+    return model

@@ -9,7 +9,7 @@ from typing import Any
 import gymnasium as gym
 
 import agmc_env  # noqa: F401
-from agents.algorithms import ALGORITHMS
+from agents.algorithms import ALGORITHMS, CREDITS, EXPLORATIONS
 from agents.checkpoint_io import CheckpointFileError
 from agents.extractors import EMBEDDINGS
 from agents.run_folder import RunError, SearchConfig
@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--episodes", type=int, default=300)
     s.add_argument("--warmup", type=int, default=25, help="episodes of uniformly random actions before learning")
     s.add_argument("--reward-baseline", action="store_true", help="subtract AMC's moving-average reward baseline")
+    s.add_argument("--credit", choices=CREDITS, default="terminal", help="terminal: the env's reward (0 until the "
+                   "final accuracy); episode: AMC's code, every transition of an episode gets its final reward")
+    s.add_argument("--exploration", choices=EXPLORATIONS, default="amc", help="DDPG/TD3 σ schedule: amc (×0.95 per "
+                   "episode) or scaled (σ reaches its floor at 2/3 of --episodes)")
+    s.add_argument("--actor-lr", type=float, help="actor learning rate (default: the critic's, 1e-3; AMC used 1e-4)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out (also automatic)")
     _add_run_options(s)
 
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                                     env_kwargs=_env_kwargs(args), force=args.force, progress=not args.no_progress)
             else:
                 config = SearchConfig(args.env_id, method, args.embedding, args.episodes, args.warmup, args.seed,
-                                      args.reward_baseline, _env_kwargs(args))
+                                      args.reward_baseline, _env_kwargs(args), args.credit, args.exploration,
+                                      args.actor_lr)
                 best = run_search(config, args.out, force=args.force, progress=not args.no_progress)
             print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
         elif args.command == "evaluate":

@@ -11,23 +11,35 @@ import numpy as np
 from stable_baselines3.common.noise import ActionNoise
 
 
+SCALED_FLOOR = 0.1  # σ's floor with exploration="scaled", in SB3's units (0.05 on [0, 1])
+
+
+def scaled_decay(episodes: int, sigma: float = 1.0, floor: float = SCALED_FLOOR, at: float = 2 / 3) -> float:
+    """The per-episode decay that takes σ from ``sigma`` to ``floor`` at ``at`` of ``episodes`` (after warm-up),
+    instead of AMC's fixed 0.95 (σ ≈ 0 after ~100 episodes whatever the search length)."""
+    return (floor / sigma) ** (1.0 / max(1.0, at * episodes))
+
+
 class AMCNoise(ActionNoise):
-    """σ = ``sigma`` at the end of warm-up, × ``decay`` per later episode.
+    """σ = ``sigma`` at the end of warm-up, × ``decay`` per later episode, never below ``floor``.
 
     ``sigma`` is in SB3's scaled action units ([-1, 1]): AMC's σ = 0.5 on [0, 1] is 1.0 here. The episode
     count comes from the algorithm (``_episode_num``, saved with it) rather than from counting
     :meth:`reset` calls, which SB3 also makes at every ``learn()`` start and would skew a resumed run.
     """
 
-    def __init__(self, sigma: float = 1.0, decay: float = 0.95, warmup_episodes: int = 0, seed: int | None = None):
+    floor = 0.0  # class default: agents saved before the floor existed unpickle without it
+
+    def __init__(self, sigma: float = 1.0, decay: float = 0.95, warmup_episodes: int = 0, seed: int | None = None,
+                 floor: float = 0.0):
         super().__init__()
-        self.sigma0, self.decay, self.warmup_episodes = sigma, decay, warmup_episodes
+        self.sigma0, self.decay, self.warmup_episodes, self.floor = sigma, decay, warmup_episodes, floor
         self.episodes = 0  # set by the algorithm before each sample
         self.rng = np.random.default_rng(seed)
 
     @property
     def sigma(self) -> float:
-        return self.sigma0 * self.decay ** max(0, self.episodes - self.warmup_episodes)
+        return max(self.floor, self.sigma0 * self.decay ** max(0, self.episodes - self.warmup_episodes))
 
     def sample_around(self, mean: np.ndarray) -> np.ndarray:
         """A truncated-normal sample on [-1, 1] centred on ``mean``."""

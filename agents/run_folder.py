@@ -42,12 +42,21 @@ class SearchConfig:
     seed: int = 0
     reward_baseline: bool = False
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    credit: str = "terminal"  # RL: "terminal" (the env's reward) or "episode" (AMC: every transition gets it)
+    exploration: str = "amc"  # DDPG/TD3: "amc" (σ × 0.95 per episode) or "scaled" (floor at 2/3 of the episodes)
+    actor_lr: float | None = None  # RL: the actor's learning rate (None: the critic's, 1e-3)
 
     def identity(self) -> dict[str, Any]:
         """What must match for a folder's run to be resumed (the episode count may be extended)."""
         d = asdict(self)
         d.pop("episodes")
         return d
+
+    def same_run(self, identity: dict[str, Any]) -> bool:
+        """Whether a folder's recorded identity is this run's; fields added since it was written count as
+        their defaults, so older run folders still resume."""
+        defaults = SearchConfig(self.env_id).identity()
+        return {**defaults, **identity} == json.loads(json.dumps(self.identity()))
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -100,8 +109,7 @@ class RunFolder:
                 previous = json.loads(run_file.read_text())
             except json.JSONDecodeError as exc:
                 raise RunError(f"{run_file} is corrupt ({exc}); use --force to start over") from exc
-            identity = json.loads(json.dumps(self.config.identity()))
-            if previous.get("kind") != self.kind or previous.get("identity") != identity:
+            if previous.get("kind") != self.kind or not self.config.same_run(previous.get("identity", {})):
                 raise RunError(f"{self.out} holds a different run ({run_file}); choose another --out or pass --force "
                                "to overwrite")
             if previous.get("finished") and previous.get("episodes", 0) >= self.config.episodes:

@@ -144,6 +144,7 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
     else:
         model = make_agent(config.algo, vec, embedding=config.embedding, episodes=config.episodes,
                            warmup=config.warmup, seed=config.seed, reward_baseline=config.reward_baseline,
+                           credit=config.credit, exploration=config.exploration, actor_lr=config.actor_lr,
                            device=device)
         remaining = config.episodes * T
     model.set_logger(configure(str(folder.path(TENSORBOARD)), ["tensorboard"] if _has_tensorboard() else ["csv"]))

@@ -14,9 +14,9 @@ def _log(folder):
     return [(r["reward"], r["keep_ratios"], r["flops_ratio"]) for r in csv.DictReader(open(folder / "episodes.csv"))]
 
 
-def _config(algo, embedding, baseline=False):
+def _config(algo, embedding, baseline=False, **extra):
     return SearchConfig("AGMCTest-Tiny-v0", algo=algo, embedding=embedding, episodes=7, warmup=2, seed=3,
-                        reward_baseline=baseline)
+                        reward_baseline=baseline, **extra)
 
 
 def test_same_seed_same_log(tmp_path):
@@ -25,10 +25,14 @@ def test_same_seed_same_log(tmp_path):
     assert _log(tmp_path / "a") == _log(tmp_path / "b")
 
 
-@pytest.mark.parametrize("algo, embedding, baseline", [("ddpg", "gnn", False), ("td3", "amc", True),
-                                                         ("sac", "gnn-lstm", False)])
-def test_interrupted_search_resumes_exactly(tmp_path, monkeypatch, algo, embedding, baseline):
-    config = _config(algo, embedding, baseline)
+AMC_SETTINGS = {"credit": "episode", "exploration": "scaled", "actor_lr": 1e-4}
+
+
+@pytest.mark.parametrize("algo, embedding, baseline, extra", [
+    ("ddpg", "gnn", False, {}), ("td3", "amc", True, {}), ("sac", "gnn-lstm", False, {}),
+    ("ddpg", "amc", True, AMC_SETTINGS)])
+def test_interrupted_search_resumes_exactly(tmp_path, monkeypatch, algo, embedding, baseline, extra):
+    config = _config(algo, embedding, baseline, **extra)
     run_search(config, tmp_path / "full", progress=False)
 
     real = run_folder.RunFolder.log_episode

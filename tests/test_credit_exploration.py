@@ -1,0 +1,85 @@
+"""AMC's credit assignment, the exploration schedule scaled to the search, and the actor's own learning rate."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
+from agents.algorithms import AMCReplayBuffer, make_agent
+from agents.noise import SCALED_FLOOR, AMCNoise, scaled_decay
+from agents.run_folder import SearchConfig
+from agents.search import run_search
+from agmc_env.testing import tiny_env
+
+
+def _fill(buffer: AMCReplayBuffer, env, episodes: int, T: int, rng) -> list[float]:
+    finals = []
+    for _ in range(episodes):
+        obs = env.trajectory(rng.uniform(0, 1, (T, 1)))
+        final = float(rng.uniform())
+        finals.append(final)
+        for t in range(T):
+            done = t == T - 1
+            buffer.add({k: v[None] for k, v in obs[t].items()}, {k: v[None] for k, v in obs[t + 1].items()},
+                       np.zeros((1, 1), np.float32), np.array([final if done else 0.0], np.float32),
+                       np.array([done]), [{}])
+    return finals
+
+
+@pytest.mark.parametrize("credit", ["terminal", "episode"])
+def test_episode_credit_gives_every_transition_the_final_reward(credit):
+    env = tiny_env()
+    T = env.num_decisions
+    buffer = AMCReplayBuffer(3 * T - 2, env.observation_space, env.action_space, credit=credit)  # wraps around
+    finals = _fill(buffer, env, 3, T, np.random.default_rng(0))
+    last = (buffer.pos - 1 - np.arange(T)) % buffer.buffer_size  # the last episode, newest first
+    if credit == "episode":
+        assert np.all(buffer.rewards[last, 0] == np.float32(finals[-1]))
+    else:
+        assert buffer.rewards[last[0], 0] == np.float32(finals[-1]) and np.all(buffer.rewards[last[1:], 0] == 0)
+
+
+def test_baseline_is_subtracted_from_every_rewarded_transition():
+    env = tiny_env()
+    T = env.num_decisions
+    buffer = AMCReplayBuffer(4 * T, env.observation_space, env.action_space, credit="episode", baseline=True)
+    _fill(buffer, env, 4, T, np.random.default_rng(1))
+    raw = buffer.rewards[: 4 * T, 0].copy()
+    data = buffer.sample(16)
+    assert buffer.baseline is not None and abs(float(data.rewards.mean())) < abs(raw.mean()) + 1
+
+
+def test_scaled_exploration_reaches_its_floor_at_two_thirds():
+    episodes, warmup = 300, 25
+    noise = AMCNoise(sigma=1.0, decay=scaled_decay(episodes - warmup), warmup_episodes=warmup, floor=SCALED_FLOOR)
+    noise.episodes = warmup + int(2 / 3 * (episodes - warmup)) - 5
+    assert noise.sigma > SCALED_FLOOR
+    noise.episodes = warmup + int(2 / 3 * (episodes - warmup)) + 1
+    assert noise.sigma == SCALED_FLOOR
+    noise.episodes = warmup + 100  # AMC's 0.95 per episode would be at 0.006 by now
+    assert noise.sigma > 0.25
+
+
+def test_actor_learning_rate_is_its_own():
+    env = tiny_env()
+    model = make_agent("ddpg", DummyVecEnv([lambda: env]), embedding="amc", episodes=4, warmup=1, actor_lr=1e-4)
+    model.set_logger(configure(None, [""]))
+    model._update_learning_rate([model.actor.optimizer, model.critic.optimizer])
+    assert model.actor.optimizer.param_groups[0]["lr"] == 1e-4
+    assert model.critic.optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_amc_settings_search_resumes_and_old_folders_still_match(tmp_path):
+    config = SearchConfig("AGMCTest-Tiny-v0", algo="td3", embedding="amc", episodes=4, warmup=1, seed=1,
+                          reward_baseline=True, credit="episode", exploration="scaled", actor_lr=1e-4)
+    run_search(config, tmp_path, progress=False)
+    config.episodes = 5  # extends: the recorded identity matches, new fields included
+    run_search(config, tmp_path, progress=False)
+    old = SearchConfig("AGMCTest-Tiny-v0")
+    recorded = {k: v for k, v in old.identity().items() if k not in ("credit", "exploration", "actor_lr")}
+    assert old.same_run(json.loads(json.dumps(recorded)))  # a run.json written before these fields existed
+    assert not config.same_run(recorded)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.run_folder import RunFolder
 from agmc_env import AGMCEnv
 from agmc_env.testing import tiny_env
 
@@ -26,3 +27,22 @@ integration = pytest.mark.skipif(
     not have_shared_data(),
     reason="integration test: set AGMC_DATA_DIR (CIFAR-10 folder) and AGMC_WEIGHTS_DIR (akamaster checkpoints)",
 )
+
+
+@pytest.fixture
+def killed_after(monkeypatch):
+    """``killed_after(n, run)``: calls ``run()`` with the process "killed" (KeyboardInterrupt) right after the
+    n-th episode is logged and before its checkpoint is written, the worst moment for resuming."""
+    def call(n, run):
+        real = RunFolder.log_episode
+
+        def dying(self, *args, **kwargs):
+            real(self, *args, **kwargs)
+            if self.episodes == n:
+                raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(RunFolder, "log_episode", dying)
+            with pytest.raises(KeyboardInterrupt):
+                run()
+    return call

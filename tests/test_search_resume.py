@@ -6,7 +6,6 @@ import csv
 import pytest
 
 import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
-from agents import run_folder
 from agents.search import SearchConfig, run_search
 
 
@@ -31,22 +30,11 @@ AMC_SETTINGS = {"credit": "episode", "exploration": "scaled", "actor_lr": 1e-4}
 @pytest.mark.parametrize("algo, embedding, baseline, extra", [
     ("ddpg", "gnn", False, {}), ("td3", "amc", True, {}), ("sac", "gnn-lstm", False, {}),
     ("ddpg", "amc", True, AMC_SETTINGS)])
-def test_interrupted_search_resumes_exactly(tmp_path, monkeypatch, algo, embedding, baseline, extra):
+def test_interrupted_search_resumes_exactly(tmp_path, killed_after, algo, embedding, baseline, extra):
     config = _config(algo, embedding, baseline, **extra)
     run_search(config, tmp_path / "full", progress=False)
-
-    real = run_folder.RunFolder.log_episode
-
-    def killed_after_fifth(self, *args, **kwargs):  # dies after logging, before the checkpoint
-        real(self, *args, **kwargs)
-        if self.episodes == 5:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(run_folder.RunFolder, "log_episode", killed_after_fifth)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(config, tmp_path / "cut", progress=False)
+    killed_after(5, lambda: run_search(config, tmp_path / "cut", progress=False))
     assert len(_log(tmp_path / "cut")) == 5
-    monkeypatch.setattr(run_folder.RunFolder, "log_episode", real)
     run_search(config, tmp_path / "cut", progress=False)  # same command again: resumes
     assert _log(tmp_path / "cut") == _log(tmp_path / "full")
 

@@ -16,21 +16,14 @@ def _log(folder):
     return [(r["reward"], r["keep_ratios"], r["flops_ratio"]) for r in csv.DictReader(open(folder / "episodes.csv"))]
 
 
-def test_random_search_resumes_exactly(tmp_path, monkeypatch):
-    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path / "full", episodes=6, seed=4, progress=False)
-    real = run_folder.RunFolder.log_episode
+def test_random_search_resumes_exactly(tmp_path, killed_after):
+    def run(folder):
+        return run_baseline("random", "AGMCTest-Tiny-v0", tmp_path / folder, episodes=6, seed=4, progress=False)
 
-    def killed_after_fourth(self, *args, **kwargs):  # dies after logging, before the checkpoint
-        real(self, *args, **kwargs)
-        if self.episodes == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(run_folder.RunFolder, "log_episode", killed_after_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        run_baseline("random", "AGMCTest-Tiny-v0", tmp_path / "cut", episodes=6, seed=4, progress=False)
-    monkeypatch.setattr(run_folder.RunFolder, "log_episode", real)
+    run("full")
+    killed_after(4, lambda: run("cut"))
     assert len(_log(tmp_path / "cut")) == 4
-    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path / "cut", episodes=6, seed=4, progress=False)
+    run("cut")
     assert _log(tmp_path / "cut") == _log(tmp_path / "full")
 
 
@@ -110,24 +103,15 @@ def test_random_searcher_state_round_trips():
 
 
 @pytest.mark.parametrize("method", ["cmaes", "tpe"])
-def test_library_searchers_resume_exactly(tmp_path, monkeypatch, method):
+def test_library_searchers_resume_exactly(tmp_path, killed_after, method):
     """CMA-ES (mid-population) and TPE continue after a kill exactly as an uninterrupted run."""
-    run_baseline(method, "AGMCTest-Tiny-v0", tmp_path / "full", episodes=7, seed=2, progress=False)
-    real = run_folder.RunFolder.log_episode
+    def run(folder):
+        return run_baseline(method, "AGMCTest-Tiny-v0", tmp_path / folder, episodes=7, seed=2, progress=False)
 
-    def killed_after_fourth(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        if self.episodes == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(run_folder.RunFolder, "log_episode", killed_after_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        run_baseline(method, "AGMCTest-Tiny-v0", tmp_path / "cut", episodes=7, seed=2, progress=False)
-    monkeypatch.setattr(run_folder.RunFolder, "log_episode", real)
-    import numpy  # another library drawing from numpy's global RNG between the kill and the resume
-
-    numpy.random.seed(123)
-    run_baseline(method, "AGMCTest-Tiny-v0", tmp_path / "cut", episodes=7, seed=2, progress=False)
+    run("full")
+    killed_after(4, lambda: run("cut"))
+    np.random.seed(123)  # another library drawing from numpy's global RNG between the kill and the resume
+    run("cut")
     assert _log(tmp_path / "cut") == _log(tmp_path / "full")
 
 

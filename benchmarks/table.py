@@ -43,6 +43,8 @@ class Method:
 METHODS = [
     Method("uniform", "baseline", "uniform", stochastic=False),
     Method("random", "baseline", "random"),
+    Method("cmaes", "baseline", "cmaes"),
+    Method("tpe", "baseline", "tpe"),
     Method("amc+ddpg", "search", "ddpg", "amc"),
     Method("gnn+ddpg", "search", "ddpg", "gnn"),
     Method("gnn-lstm+ddpg", "search", "ddpg", "gnn-lstm"),
@@ -280,7 +282,7 @@ def _run_row(config: GridConfig, method: Method, seed: int, base_test: float) ->
         "episodes_to_within_0.5pt": int(np.argmax(best_so_far >= best_so_far[-1] - 0.005)) + 1,
         "search_seconds": sum(float(r["seconds"]) for r in rows),
         "machine": _machine_label(folder),
-        "curve": best_so_far.tolist(),
+        "curve": best_so_far.tolist(), "keep_ratios": best["keep_ratios"],
     }
 
 
@@ -299,17 +301,18 @@ def render(config: GridConfig, argv: list[str]) -> None:
     base = unpruned(config)
     rows = [r for m, s in runs_of(config) if (r := _run_row(config, m, s, base["test_accuracy"])) is not None]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    fields = [k for k in (rows[0] if rows else {}) if k != "curve"]
+    fields = [k for k in (rows[0] if rows else {}) if k not in ("curve", "keep_ratios")]
     with open(RESULTS / f"{config.name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerows({k: v for k, v in r.items() if k != "curve"} for r in rows)
+        writer.writerows({k: v for k, v in r.items() if k in fields} for r in rows)
     with open(RESULTS / f"{config.name}_curves.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["method", "seed", "episode", "best_so_far_val_accuracy"])
         for r in rows:
             writer.writerows([r["method"], r["seed"], i + 1, round(v, 5)] for i, v in enumerate(r["curve"]))
     _plot(config, rows)
+    _plot_ratios(config, rows)
 
     import torch
 
@@ -331,7 +334,7 @@ def render(config: GridConfig, argv: list[str]) -> None:
         "the test column is the honest one.", "",
         f"Unpruned: reward-split {100 * base['val_accuracy']:.2f} %, test {100 * base['test_accuracy']:.2f} %, "
         f"{base['macs'] / 1e6:.2f} M MACs, {base['params'] / 1e6:.3f} M params.", "",
-        "| method | runs | MACs kept | params kept | reward-split acc. (%) | test acc. (%) | Δ test (pt) | "
+        "| method | runs | MACs kept (min–max) | params kept | reward-split acc. (%) | test acc. (%) | Δ test (pt) | "
         "episodes to within 0.5 pt | search time (min) |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| unpruned | – | 1.000 | 1.000 | {100 * base['val_accuracy']:.2f} | {100 * base['test_accuracy']:.2f} | 0 | – | – |",
@@ -344,13 +347,18 @@ def render(config: GridConfig, argv: list[str]) -> None:
             continue
         g = lambda k: [r[k] for r in mine]  # noqa: E731
         lines.append(
-            f"| {m.name} | {len(mine)}/{expected} | {_fmt(g('macs_kept'), digits=3)} | {_fmt(g('params_kept'), digits=3)} | "
+            f"| {m.name} | {len(mine)}/{expected} | {_fmt(g('macs_kept'), digits=3)} ({min(g('macs_kept')):.3f}–"
+            f"{max(g('macs_kept')):.3f}) | {_fmt(g('params_kept'), digits=3)} | "
             f"{_fmt(g('val_accuracy'), 100)} | {_fmt(g('test_accuracy'), 100)} | {_fmt(g('delta_test'), 100)} | "
             f"{_fmt(g('episodes_to_within_0.5pt'), digits=0)} | {_fmt(g('search_seconds'), 1 / 60, 1)} |")
     missing = sum((len(config.seeds) if m.stochastic else 1) - sum(r["method"] == m.name for r in rows) for m in METHODS)
     if missing:
         lines += ["", f"**Partial grid**: {missing} runs have not finished (rows show finished/planned runs); "
                   "re-running the command above resumes the grid where it stopped."]
+    if len(rows) >= 3:
+        lines += ["", f"Reward split vs test over every run's best policy ({len(rows)} runs): Spearman ρ = "
+                  f"{_spearman([r['val_accuracy'] for r in rows], [r['test_accuracy'] for r in rows]):.3f} — how far "
+                  "the search's objective ranks pruned networks as the held-out test set does."]
     lines += ["", f"Mean ± sample std over seeds. Fine-tuned rows ({config.finetune_epochs} epochs of "
               "`agmc finetune`: SGD + Nesterov, lr 0.01 cosine, wd 5e-4, batch 128, crop + flip, full training split; "
               f"seed {config.seeds[0]}'s best policy):", "",
@@ -366,9 +374,51 @@ def render(config: GridConfig, argv: list[str]) -> None:
               "| source | base (%) | pruned (%) | Δ (pt) |", "|---|---|---|---|"]
     for label, b, p in PAPER.get(config.model, []):
         lines.append(f"| {label} | {b:.2f} | {p:.2f} | {p - b:+.2f} |")
-    lines += ["", f"Curves: `{config.name}_curves.png` (data in `{config.name}_curves.csv`); per-run rows: `{config.name}.csv`.", ""]
+    lines += ["", f"Curves: `{config.name}_curves.png` (data in `{config.name}_curves.csv`); what each search learned — "
+              f"the best policy's keep ratio per decision, per method: `{config.name}_ratios.png`; per-run rows: "
+              f"`{config.name}.csv`.", ""]
     (RESULTS / f"{config.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    from benchmarks.calibration_size import spearman
+
+    return spearman(np.array(a), np.array(b))
+
+
+def _plot_ratios(config: GridConfig, rows: list[dict[str, Any]]) -> None:
+    """The best policy's keep ratio per decision (layer index vs ratio, as the AMC and AGMC papers show): one
+    panel per method, one line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHODS if any(r["method"] == m.name for r in rows)]
+    if not methods:
+        return
+    cols = min(4, len(methods))
+    fig, axes = plt.subplots(-(-len(methods) // cols), cols, figsize=(3.2 * cols, 2.4 * -(-len(methods) // cols)),
+                             sharex=True, sharey=True, squeeze=False)
+    for ax, m in zip(axes.flat, methods):
+        for r in (r for r in rows if r["method"] == m.name):
+            ax.plot(range(1, len(r["keep_ratios"]) + 1), r["keep_ratios"], marker=".", lw=1,
+                    label=f"s{r['seed']}: {100 * r['test_accuracy']:.1f} %")
+        ax.set_title(m.name, fontsize=9)
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes.flat[len(methods):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("decision (forward order)", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("keep ratio", fontsize=8)
+    fig.suptitle(f"{config.name}: best policy per run (legend: test accuracy)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{config.name}_ratios.png", dpi=110)
+    plt.close(fig)
 
 
 def _plot(config: GridConfig, rows: list[dict[str, Any]]) -> None:
@@ -403,6 +453,7 @@ def _plot(config: GridConfig, rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global RESULTS, RUNS
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
@@ -412,7 +463,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--skip-finetune", action="store_true", help="do not run the fine-tuned rows (shard 0 runs them)")
     p.add_argument("--methods", help="comma-separated method names: run only these")
+    p.add_argument("--results", help="where the table, CSVs and plots go (default benchmarks/results)")
+    p.add_argument("--runs", help="where the run folders live (default benchmarks/runs)")
     args = p.parse_args(argv)
+    RESULTS, RUNS = Path(args.results or RESULTS), Path(args.runs or RUNS)
     if args.threads:
         import torch
 

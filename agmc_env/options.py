@@ -54,6 +54,12 @@ OPTIONS: tuple[Option, ...] = (
            "a different set of 500 does: benchmarks/results/calibration_size.md)", cli=int),
     Option("bn_recalibration", True, "re-estimate BatchNorm statistics of each pruned net on the calibration images",
            cli=bool),
+    Option("repair", "lstsq", "weight repair after pruning (channel mode): ``\"lstsq\"`` refits every layer that reads "
+           "pruned channels to reproduce its unpruned output (ridge least squares on its kept inputs, from statistics "
+           "of the unpruned net computed once per task), ``\"none\"`` keeps the sliced weights; fine mode: no-op "
+           "(an explicit ``\"lstsq\"`` is refused)", cli=str, choices=("none", "lstsq")),
+    Option("repair_size", 500, "training images (seed ``split_seed``, disjoint from the reward and calibration images) "
+           "for the repair statistics (all that are left, if fewer)", cli=int),
     Option("split", "val", "score the reward split (``\"val\"``) or, when asked, the test set (``\"test\"``; for "
            "reports, never for searching)", choices=("val", "test")),
     Option("split_seed", 0, "seed of the reward / calibration split", cli=int),

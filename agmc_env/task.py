@@ -22,6 +22,7 @@ from agmc_env.evaluate import Evaluator, resolve_device
 from agmc_env.imagefolder import ImageFolderDataset
 from agmc_env.modes import PruningMode, make_mode
 from agmc_env.pipeline import EpisodeEnd, EpisodePipeline
+from agmc_env.repair import LstsqRepair
 from agmc_env.rewards import make_reward
 
 
@@ -32,11 +33,17 @@ class PruningTask:
     ``example`` (one input image), ``analysis`` (traced channel analysis; ``analysis.gm`` is the unpruned
     network), ``cost`` (exact MACs / params), ``mode`` (the :class:`~agmc_env.modes.PruningMode`),
     ``evaluator`` (BN recalibration and scoring, with the scored and calibration images on the device),
-    ``reward`` (a callable of the final ``info``) and ``pipeline`` (the episode-end stages).
+    ``reward`` (a callable of the final ``info``), ``pipeline`` (the episode-end stages) and ``repair`` (the
+    :class:`~agmc_env.repair.LstsqRepair` stage with its statistics, or None with ``repair="none"``).
     """
 
     def __init__(self, **kwargs: Any) -> None:
         opts = options.resolve(kwargs)
+        if opts["granularity"] == "fine" and opts["repair"] != "none":
+            if "repair" in kwargs:
+                raise ValueError("repair='lstsq' refits the layers that read pruned channels (granularity='channel'); "
+                                 "fine-grained pruning removes no channel: use repair='none'")
+            opts["repair"] = "none"  # the default is a no-op in fine mode
         self.options = opts
         self.reward = make_reward(opts["reward"])  # before any data is loaded or model traced
         self.device = resolve_device(opts["device"])
@@ -54,6 +61,10 @@ class PruningTask:
         self.evaluator = Evaluator(images, labels.to(self.device), calib, self.device, opts["batch_size"], opts["amp"])
         self.evaluator.choose_precision(self.analysis.gm)
         self.pipeline = EpisodePipeline()
+        self.repair: LstsqRepair | None = None
+        if opts["repair"] == "lstsq":
+            self.repair = LstsqRepair.from_task(self, self._repair_images(split, opts["repair_size"]))
+            self.pipeline.replace("repair", self.repair)
 
     def _load(self, opts: dict[str, Any]) -> tuple[ImageDataset | ImageFolderDataset, nn.Module]:
         model, dataset, weights = opts["model"], opts["dataset"], opts["weights"]
@@ -72,6 +83,14 @@ class PruningTask:
             if weights not in (None, False):
                 checkpoints.load_state_dict(net, weights)
         return data, net.to(self.device).eval()
+
+    def _repair_images(self, split, size: int) -> torch.Tensor:
+        """The first ``size`` of the seeded remaining training images (not reward, not calibration); all of them
+        when fewer are left (a small dataset: ``task.repair.num_images`` says how many)."""
+        if size < 1 or len(split.train) == 0:
+            raise ValueError(f"repair='lstsq' needs repair_size ≥ 1 (got {size}) and training images left after the "
+                             f"reward and calibration splits ({len(split.train)} left); or use repair='none'")
+        return self._normalised(self.dataset.train_subset(split.train[:size])[0])
 
     def _normalised(self, raw: torch.Tensor) -> torch.Tensor:
         return normalised(raw, self.dataset.mean, self.dataset.std, self.device)

@@ -41,10 +41,11 @@ def tiny_dataset(n_train: int = 256, n_test: int = 64, size: int = 16, seed: int
 
 
 def tiny_options(**overrides: Any) -> dict[str, Any]:
-    """The tiny task's options: ResNet-14 (random weights), tiny data, CPU, fp32, keep ≤ 60 % of MACs."""
+    """The tiny task's options: ResNet-14 (random weights), tiny data, CPU, fp32, keep ≤ 60 % of MACs, repair
+    statistics from 64 images."""
     torch.manual_seed(0)
     options = dict(model=randomise_bn(cifar_resnet(14)), dataset=tiny_dataset(), val_size=64, calib_size=32,
-                   device="cpu", amp="off", flops_target=0.6)
+                   repair_size=64, device="cpu", amp="off", flops_target=0.6)
     options.update(overrides)
     return options
 

@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--data-dir")
 
-    f = sub.add_parser("finetune", help="fine-tune a pruned checkpoint (SGD + cosine, CIFAR augmentation)")
+    f = sub.add_parser("finetune", help="fine-tune a pruned checkpoint (SGD + cosine, CIFAR augmentation; "
+                       "--distill: from the unpruned net; resumable per epoch)")
     f.add_argument("checkpoint")
     f.add_argument("--epochs", type=int, default=20)
     f.add_argument("--lr", type=float, default=0.01)
@@ -98,7 +99,14 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", default="auto")
     f.add_argument("--data-dir")
-    f.add_argument("--out", required=True)
+    f.add_argument("--distill", action="store_true",
+                   help="knowledge distillation from the unpruned network: loss = (1 - alpha)*CE + "
+                        "alpha*T^2*KL(softmax(teacher/T) || softmax(student/T))")
+    f.add_argument("--temperature", type=float, default=4.0, help="distillation temperature T (default 4)")
+    f.add_argument("--alpha", type=float, default=0.9, help="distillation weight alpha (default 0.9)")
+    f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--out", required=True, help="output folder; the same command again resumes an interrupted run "
+                   "after its last finished epoch")
     return parser
 
 
@@ -129,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             from agents.finetune import finetune
 
             finetune(args.checkpoint, args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                     weight_decay=args.weight_decay, seed=args.seed, device=args.device, data_dir=args.data_dir)
+                     weight_decay=args.weight_decay, seed=args.seed, device=args.device, data_dir=args.data_dir,
+                     distill=args.distill, temperature=args.temperature, alpha=args.alpha,
+                     progress=not args.no_progress)
     except (RunError, CheckpointFileError, CheckpointError, DataError, TraceError, ValueError, TypeError) as exc:
         print(f"agmc {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -33,7 +33,8 @@ def _latency_ms(model: torch.nn.Module, x: torch.Tensor, autocast_dtype, reps: i
 
 def evaluate_checkpoint(path: str, split: str = "test", device: str = "auto", **env_overrides: Any) -> dict[str, Any]:
     model, meta = load_pruned(path)
-    task = task_for(meta, split=split, device=device, **env_overrides)
+    # scoring only, no episode: no repair statistics unless asked
+    task = task_for(meta, split=split, device=device, **{"repair": "none", **env_overrides})
     ev = task.evaluator
     model = model.to(task.device)
     stored = ev.scores(model)

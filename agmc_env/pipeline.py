@@ -38,7 +38,8 @@ def prune(task: PruningTask, end: EpisodeEnd) -> None:
 
 
 def no_repair(task: PruningTask, end: EpisodeEnd) -> None:
-    """The weight-repair slot: nothing yet (a repair stage refits the layers that consume pruned channels)."""
+    """``repair="none"``: keep the sliced weights (``repair="lstsq"`` puts :class:`agmc_env.repair.LstsqRepair` here,
+    which refits the layers that consume pruned channels)."""
 
 
 def recalibrate(task: PruningTask, end: EpisodeEnd) -> None:

@@ -4,11 +4,14 @@ Reference style (the published AGMC / GNN-RL code): deepcopy the model, mask the
 ``torch.nn.utils.prune.ln_structured`` (nothing removed), then evaluate NCHW float32. Both sides use the
 same keep ratios, the same L1 criterion, the same reward-split images and adaptive BN. The reference keeps the
 first protocol (500 calibration images, batch 250 on CPU); agmc runs its defaults, and once on the reference's
-own calibration images to show the accuracy is the same.
+own calibration images (and without repair, which the reference does not have) to show the accuracy is the
+same. It also times agmc's default episode with and without least-squares repair (``repair="lstsq"`` vs
+``"none"``: the same task with the repair stage swapped, runs interleaved) and reports the repair statistics'
+memory.
 
     python -m benchmarks.step_speed [--reps 5] [--device auto]
 
-Writes benchmarks/results/step_speed.md; the last printed line is ``speedup: X.XX``.
+Writes benchmarks/results/step_speed.md; the last printed lines are ``repair ratio: X.XXX`` and ``speedup: X.XX``.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from torch.nn.utils import prune
 
 from agmc_env import AGMCEnv, make_task
 from agmc_env.evaluate import Evaluator
+from agmc_env.pipeline import no_repair
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE_BATCH = {"cpu": 250, "cuda": 1000}  # the reference as first measured (agmc's old defaults)
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
 
     common = dict(val_size=args.val_size, device=args.device)
     ours = {} if args.calib_size is None else {"calib_size": args.calib_size}
-    ref_task = make_task("AGMC-ResNet56-v0", **common, calib_size=args.ref_calib_size, amp="off")
+    ref_task = make_task("AGMC-ResNet56-v0", **common, calib_size=args.ref_calib_size, amp="off", repair="none")
     env = AGMCEnv(task=make_task("AGMC-ResNet56-v0", **common, **ours))  # amp="auto"
     env_fp32 = AGMCEnv(task=make_task("AGMC-ResNet56-v0", **common, **ours, amp="off"))
     env_same = AGMCEnv(task=ref_task)  # the reference's own images: the exactness check
@@ -120,6 +124,19 @@ def main(argv: list[str] | None = None) -> None:
     for name, e in (("default", env), ("fp32", env_fp32)):
         parts = [e.run_actions(actions)["timing"] for _ in range(args.reps)]
         breakdown[name] = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+    # with vs without repair: one task, the stage swapped, runs interleaved so both see the same machine load
+    repair = env.task.repair
+    with_s, without_s, info_none = [], [], {}
+    for _ in range(args.reps):
+        for stage, times in ((repair, with_s), (no_repair, without_s)):
+            env.task.pipeline.replace("repair", stage)
+            t = time.perf_counter()
+            last = env.run_actions(actions)
+            times.append(time.perf_counter() - t)
+            if stage is no_repair:
+                info_none = last
+    env.task.pipeline.replace("repair", repair)
+    repair_ratio = statistics.median(with_s) / statistics.median(without_s)
     ev: Evaluator = env.task.evaluator
     device = env.task.device
     card = (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -130,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def parts(name: str) -> str:
         b = breakdown[name]
-        return (f"prune {b['prune_s'] * 1000:.1f} ms, BN recalibration {b['calibrate_s'] * 1000:.0f} ms, "
+        return (f"prune {b['prune_s'] * 1000:.1f} ms, repair {b['repair_s'] * 1000:.1f} ms, "
+                f"BN recalibration {b['calibrate_s'] * 1000:.0f} ms, "
                 f"evaluation {b['evaluate_s'] * 1000:.0f} ms")
 
     lines = [
@@ -142,14 +160,16 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, Python {platform.python_version()}  ",
         f"Model: akamaster ResNet-56 (27 decisions), reward split {args.val_size} images (both sides), "
         f"{args.reps} reps, medians. Reference: BN recalibration on {args.ref_calib_size} images, batch "
-        f"{REFERENCE_BATCH[device.type]}; agmc: the env's defaults — BN recalibration on {calib} images (as few as "
-        f"keep the ranking of policies: results/calibration_size.md), scoring batch {ev.batch_size}.",
+        f"{REFERENCE_BATCH[device.type]}; agmc: the env's defaults — repair={env.task.options['repair']}, BN "
+        f"recalibration on {calib} images (as few as keep the ranking of policies: results/calibration_size.md), "
+        f"scoring batch {ev.batch_size}.",
         "",
         "| variant | median s / episode | runs (s) | reward-split accuracy | speed-up |",
         "|---|---|---|---|---|",
         f"| reference style: deepcopy + `prune.ln_structured` masks + NCHW fp32, {args.ref_calib_size} calibration "
         f"images | {ref_s:.3f} | {', '.join(f'{t:.2f}' for t in ref_all)} | {ref_acc:.4f} | 1 |",
-        f"| agmc fp32 on the reference's images ({args.ref_calib_size} calibration; exactness check) | {same_s:.3f} | "
+        f"| agmc fp32 on the reference's images ({args.ref_calib_size} calibration, no repair; exactness check) | "
+        f"{same_s:.3f} | "
         f"| {info_same['accuracy']:.4f} | {ref_s / same_s:.2f}× |",
         f"| **agmc fp32, defaults** (any x86 CPU; what amp=auto runs without native bf16) | {fp32_s:.3f} | "
         f"{', '.join(f'{t:.2f}' for t in fp32_all)} | {info32['accuracy']:.4f} | **{speedup32:.2f}×** |",
@@ -158,6 +178,19 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Breakdown (medians): defaults — {parts('default')}; fp32 — {parts('fp32')}; the 27 decision steps take "
         "the rest.",
+        "",
+        "Least-squares repair, agmc defaults, the same task with the repair stage swapped, runs interleaved:",
+        "",
+        "| episode | median s | runs (s) | reward-split accuracy |",
+        "|---|---|---|---|",
+        f"| with repair (`repair=\"lstsq\"`) | {statistics.median(with_s):.3f} | "
+        f"{', '.join(f'{t:.2f}' for t in with_s)} | {info['accuracy']:.4f} |",
+        f"| without (`repair=\"none\"`) | {statistics.median(without_s):.3f} | "
+        f"{', '.join(f'{t:.2f}' for t in without_s)} | {info_none['accuracy']:.4f} |",
+        "",
+        f"**Episode time with / without repair: {repair_ratio:.3f}×** (target ≤ 1.10). Repair statistics: "
+        f"{len(repair.consumers)} consumers from {repair.num_images} training images, {repair.nbytes} bytes "
+        f"({repair.nbytes / 2**20:.1f} MiB), computed once per task in {repair.build_s:.1f} s.",
         "",
         f"bf16 check on the unpruned net (reward split): {ev.amp_check or 'not run (no native bf16, or amp not auto)'}; "
         f"bf16 is used only if it is within 0.2 pt of fp32.",
@@ -171,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     print("\n".join(lines))
+    print(f"repair ratio: {repair_ratio:.3f}")
     print(f"speedup: {speedup:.2f}")
 
 

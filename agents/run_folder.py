@@ -130,6 +130,24 @@ class RunFolder:
                                            "episodes": self.config.episodes, "finished": False}, indent=2).encode())
         return False
 
+    def check_task(self, options: dict[str, Any]) -> None:
+        """Record the env's resolved options the first time; refuse to continue a run whose options resolve
+        differently now (a default that changed since it started would change its reward mid-run)."""
+        plain = {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        run = json.loads(self.path(RUN).read_text())
+        recorded = run.get("task_options")
+        if recorded is None:
+            run["task_options"] = plain
+            atomic_write(self.path(RUN), json.dumps(run, indent=2).encode())
+            return
+        changed = {k: (recorded[k], plain.get(k)) for k in recorded if recorded[k] != plain.get(k)}
+        if changed:
+            name, (was, now) = next(iter(changed.items()))
+            raise RunError(f"{self.out} was started with {name}={was!r} but the env now gives {name}={now!r} (a "
+                           f"changed default?); pass it explicitly (--{name.replace('_', '-')} {was}) to continue "
+                           f"the run, or --force to start over" + (f"; also differs: {sorted(changed)[1:]}"
+                                                                    if len(changed) > 1 else ""))
+
     def finish(self) -> None:
         run = json.loads(self.path(RUN).read_text())
         run.update(finished=True, episodes=self.config.episodes)

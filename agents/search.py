@@ -120,6 +120,7 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
     resume = folder.prepare(force)
     seed_everything(config.seed)
     env = make_env(config.env_id, **config.env_kwargs)
+    folder.check_task(env.unwrapped.task.options)
     vec = DummyVecEnv([lambda: env])
     T = env.unwrapped.num_decisions
     if resume:

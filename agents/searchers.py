@@ -200,6 +200,7 @@ def run_searcher(searcher: Searcher, config: SearchConfig, out: str | os.PathLik
     resume = folder.prepare(force)
     env = make_env(config.env_id, **config.env_kwargs) if env is None else env
     base = env.unwrapped
+    folder.check_task(base.task.options)
     searcher.setup(base, config.seed)
     if resume:
         searcher.load_state_dict(folder.load_checkpoint()["searcher"])

@@ -33,6 +33,7 @@ class PruningMode(ABC):
     budget: int  # the wall's limit on ``kept_cost``
     producers: list[str]  # the graph node whose layer makes each decision (for AMC's layer features)
     graph: OpGraph  # the op graph with this mode's decisions marked
+    repairable: bool = True  # whether layers lose input channels, so a repair stage has something to refit
 
     @abstractmethod
     def desired(self, t: int, ratio: float) -> int:
@@ -99,6 +100,8 @@ class ChannelMode(PruningMode):
 
 class FineMode(PruningMode):
     """Fine-grained (unstructured) pruning: a decision per weight layer; the wall limits non-zero parameters."""
+
+    repairable = False  # zeros inside layers: no channel is removed, no consumer loses inputs
 
     def __init__(self, analysis: ChannelAnalysis, cost: CostModel, options: dict[str, Any]) -> None:
         if options["params_target"] is None:

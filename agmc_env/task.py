@@ -39,11 +39,6 @@ class PruningTask:
 
     def __init__(self, **kwargs: Any) -> None:
         opts = options.resolve(kwargs)
-        if opts["granularity"] == "fine" and opts["repair"] != "none":
-            if "repair" in kwargs:
-                raise ValueError("repair='lstsq' refits the layers that read pruned channels (granularity='channel'); "
-                                 "fine-grained pruning removes no channel: use repair='none'")
-            opts["repair"] = "none"  # the default is a no-op in fine mode
         self.options = opts
         self.reward = make_reward(opts["reward"])  # before any data is loaded or model traced
         self.device = resolve_device(opts["device"])
@@ -58,6 +53,11 @@ class PruningTask:
                                 prune_linear=opts["prune_linear"])
         self.cost = CostModel(self.analysis)  # dense MACs / params, reported in every mode
         self.mode: PruningMode = make_mode(self.analysis, self.cost, opts)
+        if opts["repair"] != "none" and not self.mode.repairable:
+            if "repair" in kwargs:
+                raise ValueError(f"repair={opts['repair']!r} refits the layers that read pruned channels; "
+                                 f"granularity={opts['granularity']!r} removes no channel: use repair='none'")
+            opts["repair"] = "none"  # the default is a no-op in a mode that removes no channel
         self.evaluator = Evaluator(images, labels.to(self.device), calib, self.device, opts["batch_size"], opts["amp"])
         self.evaluator.choose_precision(self.analysis.gm)
         self.pipeline = EpisodePipeline()

@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import sys
 from collections import Counter
@@ -38,8 +39,10 @@ class Method:
     embedding: str = "none"
     stochastic: bool = True
     reward_baseline: bool = False
+    env: tuple[tuple[str, Any], ...] = ()  # env options of this row on top of the grid's (an ablation)
 
 
+NO_REPAIR = (("repair", "none"),)
 METHODS = [
     Method("uniform", "baseline", "uniform", stochastic=False),
     Method("random", "baseline", "random"),
@@ -52,6 +55,9 @@ METHODS = [
     Method("gnn+sac", "search", "sac", "gnn"),
     # ablation: AMC's moving-average reward baseline on the main method
     Method("gnn+ddpg+baseline", "search", "ddpg", "gnn", reward_baseline=True),
+    # the reward path without least-squares repair, for comparison
+    Method("uniform (no repair)", "baseline", "uniform", stochastic=False, env=NO_REPAIR),
+    Method("gnn+ddpg (no repair)", "search", "ddpg", "gnn", env=NO_REPAIR),
 ]
 
 # Published numbers on real CIFAR-10 (not comparable in absolute terms with our JPEG-derived copy).
@@ -84,14 +90,10 @@ def _jpeg_weights(model: str) -> dict[str, str]:
 
 def preset(name: str) -> GridConfig:
     presets = {
-        # repair pinned to "none": these tables were measured before repair="lstsq" became the default, and a
-        # run folder's identity holds only explicit options (a resumed run must not change its reward)
         "resnet20_flops50": lambda: GridConfig(name, "AGMC-ResNet20-v0", "resnet20",
-                                               env_kwargs={"val_size": 1000, "repair": "none",
-                                                           **_jpeg_weights("resnet20")}),
+                                               env_kwargs={"val_size": 1000, **_jpeg_weights("resnet20")}),
         "resnet56_flops50": lambda: GridConfig(name, "AGMC-ResNet56-v0", "resnet56", finetune_epochs=3,
-                                               env_kwargs={"val_size": 1000, "repair": "none",
-                                                           **_jpeg_weights("resnet56")}),
+                                               env_kwargs={"val_size": 1000, **_jpeg_weights("resnet56")}),
         # a seconds-long grid on the test id, for trying the pipeline out
         "smoke": lambda: GridConfig(name, "AGMCTest-Tiny-v0", "tiny", episodes=6, warmup=2, seeds=(0, 1),
                                     finetune_epochs=1),
@@ -107,7 +109,8 @@ def runs_of(config: GridConfig) -> list[tuple[Method, int]]:
 
 
 def run_dir(config: GridConfig, method: Method, seed: int) -> Path:
-    return RUNS / config.name / f"{method.name}-s{seed}"
+    slug = re.sub(r"[^\w+.-]+", "-", method.name).strip("-")  # "uniform (no repair)" → "uniform-no-repair"
+    return RUNS / config.name / f"{slug}-s{seed}"
 
 
 def _finished(folder: Path) -> bool:
@@ -136,12 +139,13 @@ def run_one(config: GridConfig, method: Method, seed: int, runs_in_process: int 
     print(f"[{config.name}] {method.name} seed {seed} → {folder}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     _record_machine(folder, {**machine(), "runs_in_parallel": parallel})
+    env_kwargs = {**config.env_kwargs, **dict(method.env)}
     if method.kind == "baseline":
         run_baseline(method.algo, config.env_id, folder, episodes=config.episodes, seed=seed,
-                     env_kwargs=config.env_kwargs, progress=False)
+                     env_kwargs=env_kwargs, progress=False)
     else:
         run_search(SearchConfig(config.env_id, method.algo, method.embedding, config.episodes, config.warmup,
-                                seed, method.reward_baseline, config.env_kwargs), folder, progress=False)
+                                seed, method.reward_baseline, env_kwargs), folder, progress=False)
     # Process-wide peak so far: exact for a process's first run, an upper bound after that.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (folder / "peak_rss.json").write_text(json.dumps({"peak_rss_mb": peak, "runs_in_process": runs_in_process}))
@@ -228,7 +232,7 @@ def test_accuracy(folder: Path) -> float:
     from agents.checkpoint_io import load_pruned, task_for
 
     model, meta = load_pruned(folder / "best_pruned.pt")
-    task = task_for(meta, split="test", amp="off")
+    task = task_for(meta, split="test", amp="off", repair="none")  # scores a saved net: no episode to repair
     acc = task.evaluator.accuracy(model.to(task.device))
     cache.write_text(json.dumps({"test_accuracy": acc, "split": "test", "images": len(task.evaluator.images)}))
     return acc
@@ -240,7 +244,7 @@ def unpruned(config: GridConfig) -> dict[str, float]:
         return json.loads(cache.read_text())
     from agmc_env import make_task
 
-    kwargs = {**config.env_kwargs, "amp": "off", "flops_target": 1.0}
+    kwargs = {**config.env_kwargs, "amp": "off", "flops_target": 1.0, "repair": "none"}
     val = make_task(config.env_id, **kwargs)
     test = make_task(config.env_id, **kwargs, split="test")
     result = {"val_accuracy": val.evaluator.accuracy(val.analysis.gm),
@@ -302,6 +306,11 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 
 
 def render(config: GridConfig, argv: list[str]) -> None:
+    from agmc_env.options import BY_NAME
+
+    def option(name: str) -> Any:
+        return config.env_kwargs.get(name, BY_NAME[name].default)
+
     base = unpruned(config)
     rows = [r for m, s in runs_of(config) if (r := _run_row(config, m, s, base["test_accuracy"])) is not None]
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -331,8 +340,10 @@ def render(config: GridConfig, argv: list[str]) -> None:
                                     sorted(Counter(r["machine"] for r in rows).items())) + " (search time compares only within one machine)  ",
         f"Checkpoint: `{Path(weights).name}`; data: `$AGMC_DATA_DIR` = CIFAR-10 JPEG-derived copy (see ../shared/data/cifar10/README.md)  ",
         f"Protocol: {config.episodes} episodes per search ({config.warmup} warm-up), reward = top-1 on "
-        f"{config.env_kwargs.get('val_size', 1000)} training images held out (seed 0), after BN recalibration on 500 other "
-        "training images; test accuracy = the best episode's pruned net on the 10,000 test images (no fine-tuning). "
+        f"{config.env_kwargs.get('val_size', 1000)} training images held out (seed 0), after least-squares repair "
+        f"(statistics from {option('repair_size')} other training images; rows marked \"no repair\" skip it) and "
+        f"BN recalibration on {option('calib_size')} other training images, every episode within [target − 1 %, "
+        "target] MACs; test accuracy = the best episode's pruned net on the 10,000 test images (no fine-tuning). "
         "Random search uses as many evaluations as an RL run. FLOPs = MACs of conv + linear layers. "
         "The reward split comes from training images the checkpoint was trained on, so its accuracies run high; "
         "the test column is the honest one.", "",

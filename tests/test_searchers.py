@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
 
 import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
 from agents import run_folder
-from agents.run_folder import SearchConfig
+from agents.run_folder import RunError, SearchConfig
 from agents.searchers import RandomSearcher, Searcher, run_baseline, run_searcher
 
 
@@ -130,3 +131,14 @@ def test_cmaes_tells_whole_populations():
     assert s.es.countiter == 1 and len(s.rewards) == 4
     s.ask()
     assert s.rewards == []  # a new population
+
+
+def test_a_run_whose_env_defaults_changed_is_not_continued_silently(tmp_path):
+    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=2, seed=0, progress=False)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["task_options"]["calib_size"] == 32
+    run["task_options"]["calib_size"] = 500  # as if the run had started under another default
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    with pytest.raises(RunError, match="started with calib_size=500 but the env now gives calib_size=32.*"
+                                       "--calib-size 500"):
+        run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=0, progress=False)

@@ -155,24 +155,33 @@ class BudgetWall:
         self.budget = math.floor(flops_target * cost.base_macs)
         self.floor = max(0, math.ceil((flops_target - WINDOW) * cost.base_macs)) if budget == "window" else 0
         self.lbound, self.rbound, self.round = lbound, rbound, channel_round
-        # Allowed counts per decision: multiples of channel_round (or the full width) within [lbound, rbound].
-        self.allowed = []
-        for w in cost.widths:
-            lo = max(1, math.ceil(lbound * w - 1e-9))
-            hi = max(lo, math.floor(rbound * w + 1e-9))
-            counts = [c for c in range(lo, hi + 1) if c % channel_round == 0 or c == w]
-            if not counts:  # the round does not fit in [lo, hi]: take the nearest multiple above lo
-                counts = [min(w, math.ceil(lo / channel_round) * channel_round)]
-            self.allowed.append(np.array(counts, dtype=np.int64))
+        self.allowed = [self._allowed(w, channel_round) for w in cost.widths]
         self.min_counts = np.array([a[0] for a in self.allowed], dtype=np.int64)
         self.max_counts = np.array([a[-1] for a in self.allowed], dtype=np.int64)
-        floor_ratio = cost.macs(self.min_counts) / cost.base_macs
         if cost.macs(self.min_counts) > self.budget:
-            raise ValueError(
-                f"flops_target={flops_target} is below the minimum reachable MACs ratio {floor_ratio:.4f} "
-                f"(every decision at lbound={lbound}); raise flops_target to ≥ {math.ceil(floor_ratio * 1e4) / 1e4}, "
-                f"lower lbound, or prune more layers (e.g. prune_residual=True)"
-            )
+            raise ValueError(self._unreachable(flops_target))
+
+    def _allowed(self, w: int, channel_round: int) -> np.ndarray:
+        """Allowed counts of a decision of width w: multiples of channel_round (or w) within [lbound, rbound]."""
+        lo = max(1, math.ceil(self.lbound * w - 1e-9))
+        hi = max(lo, math.floor(self.rbound * w + 1e-9))
+        counts = [c for c in range(lo, hi + 1) if c % channel_round == 0 or c == w]
+        if not counts:  # the round does not fit in [lo, hi]: take the nearest multiple above lo
+            counts = [min(w, math.ceil(lo / channel_round) * channel_round)]
+        return np.array(counts, dtype=np.int64)
+
+    def _unreachable(self, flops_target: float) -> str:
+        """Why no episode can meet the target: channel_round when unrounded counts could, else lbound / the target."""
+        floor_ratio = self.cost.macs(self.min_counts) / self.cost.base_macs
+        unrounded = np.array([self._allowed(w, 1)[0] for w in self.cost.widths], dtype=np.int64)
+        if self.round > 1 and self.cost.macs(unrounded) <= self.budget:
+            return (f"channel_round={self.round} makes flops_target={flops_target} unreachable: with counts rounded to "
+                    f"multiples of {self.round} (or the full width) the smallest network keeps {floor_ratio:.4f} of "
+                    f"the MACs; lower channel_round (1 reaches {self.cost.macs(unrounded) / self.cost.base_macs:.4f}) "
+                    f"or raise flops_target to ≥ {math.ceil(floor_ratio * 1e4) / 1e4}")
+        return (f"flops_target={flops_target} is below the minimum reachable MACs ratio {floor_ratio:.4f} "
+                f"(every decision at lbound={self.lbound}); raise flops_target to ≥ "
+                f"{math.ceil(floor_ratio * 1e4) / 1e4}, lower lbound, or prune more layers (e.g. prune_residual=True)")
 
     def desired(self, t: int, ratio: float) -> int:
         """The allowed count nearest to ``ratio`` × width of decision t."""

@@ -44,6 +44,10 @@ class ImageDataset:
     def num_train(self) -> int:
         return len(self.train_images)
 
+    @property
+    def num_test(self) -> int:
+        return len(self.test_images)
+
     def train_subset(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.train_images[idx], self.train_labels[idx]
 

@@ -33,7 +33,8 @@ class AGMCEnv(gym.Env):
     ``Box(0, 1, shape=(1,), float32)``: a keep ratio in [0, 1], mapped linearly to ``[lbound, rbound]``,
     rounded to an allowed channel count (a multiple of ``channel_round``) and then capped by the budget wall:
     the largest count that still lets the MACs target be met if every later decision took ``lbound``.
-    Actions outside [0, 1] are clipped; NaN/inf or a wrong shape raise ``ValueError``. ``info["keep_ratios"]``
+    Actions outside [0, 1] are clipped; NaN/inf, a wrong shape or anything but a real number (bool, str, bytes,
+    complex, None) raise ``ValueError``. ``info["keep_ratios"]``
     reports the applied (realised) ratios.
 
     ## Observation Space
@@ -103,6 +104,7 @@ class AGMCEnv(gym.Env):
             if bad:
                 raise ValueError(f"options given with task= differ from the task's: {', '.join(bad)}; build another "
                                  "task (agmc_env.make_task) or leave them out")
+        options.resolve({"max_nodes": max_nodes, "max_edges": max_edges}, scope="env")
         self.task, self.mode = task, task.mode
         self.op_graph = self.mode.graph
         self.num_decisions = task.num_decisions
@@ -128,6 +130,7 @@ class AGMCEnv(gym.Env):
         self._t = 0
         self._counts = np.zeros(T, dtype=np.int64)
         self._done = True
+        self._started = False  # step() before the first reset() is refused
         self._last_model: nn.Module | None = None
 
     @property
@@ -216,10 +219,15 @@ class AGMCEnv(gym.Env):
         self._t = 0
         self._counts[:] = 0
         self._done = False
+        self._started = True
         return self._observation(), {"decision": 0, "keep_ratios": []}
 
     def _check_action(self, action: Any) -> float:
-        a = np.asarray(action, dtype=np.float64)
+        a = np.asarray(action)
+        if a.dtype.kind not in "fiu":  # bool, str, bytes, complex, None and other objects are not keep ratios
+            raise ValueError(f"action must be a real number (a keep ratio in [0, 1]), got {type(action).__name__} "
+                             f"{action!r}" + (f" of {a.dtype}" if isinstance(action, np.ndarray) else ""))
+        a = a.astype(np.float64)
         if a.size != 1 or a.ndim > 1:
             raise ValueError(f"action must have shape (1,) (one keep ratio), got shape {a.shape}")
         value = float(a.reshape(()))
@@ -229,6 +237,8 @@ class AGMCEnv(gym.Env):
 
     def _decide(self, action: Any) -> int:
         """Apply one action to the bookkeeping (wall, counts); returns the decision index it fixed."""
+        if not self._started:
+            raise RuntimeError("step() called before reset(); call reset() first")
         if self._done:
             raise RuntimeError("step() called after the episode ended; call reset() first")
         a = self._check_action(action)

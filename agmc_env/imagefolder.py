@@ -68,6 +68,10 @@ class ImageFolderDataset:
     def num_train(self) -> int:
         return len(self._train_files)
 
+    @property
+    def num_test(self) -> int:
+        return len(self._test_files)
+
     def _decode(self, split: str, files: list[Path], idx: list[int]) -> torch.Tensor:
         key = (split, tuple(idx))
         if key not in self._cache:  # decoded once per index set (an env and its test twin share a dataset)

@@ -43,12 +43,14 @@ class PruningTask:
         self.reward = make_reward(opts["reward"])  # before any data is loaded or model traced
         self.device = resolve_device(opts["device"])
         self.dataset, net = self._load(opts)
+        options.data_fit(opts, self.dataset.num_train, self.dataset.num_test)
         split = held_out_split(self.dataset.num_train, opts["val_size"], opts["calib_size"], opts["split_seed"])
         raw, labels = (self.dataset.test_set(opts["test_size"]) if opts["split"] == "test"
                        else self.dataset.train_subset(split.reward))
         images = self._normalised(raw)
         calib = self._normalised(self.dataset.train_subset(split.calib)[0]) if opts["bn_recalibration"] else images[:0]
         self.example = images[:1].contiguous()
+        check_logits(net, images[:2], self.dataset.num_classes, self.model_name)
         self.analysis = analyse(net, self.example, prune_residual=opts["prune_residual"],
                                 prune_linear=opts["prune_linear"])
         self.cost = CostModel(self.analysis)  # dense MACs / params, reported in every mode
@@ -112,6 +114,19 @@ class PruningTask:
             if not same:
                 bad.append(f"{name}={value!r} (the task has {mine!r})")
         return bad
+
+
+def check_logits(net: nn.Module, batch: torch.Tensor, num_classes: int, name: str) -> None:
+    """The model must map a batch to logits [B, num_classes]: checked once, on one batch, before anything is traced."""
+    with torch.no_grad():
+        out = net(batch)
+    expected = f"logits [batch, {num_classes}] for the dataset's {num_classes} classes"
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"model {name} returned a {type(out).__name__}, not a tensor; it must return {expected} "
+                         "(wrap it in a module whose forward returns the logits tensor)")
+    if tuple(out.shape) != (len(batch), num_classes):
+        raise ValueError(f"model {name} returned shape {tuple(out.shape)} for a batch of {len(batch)}; it must return "
+                         f"{expected} (a classifier head of {num_classes} outputs)")
 
 
 def make_task(source: str | nn.Module = "resnet56", **kwargs: Any) -> PruningTask:

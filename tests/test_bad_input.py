@@ -13,18 +13,32 @@ from agmc_env.models import cifar_resnet
 from agmc_env.testing import tiny_env
 
 
-@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
-def test_non_finite_action(env, value):
-    env.reset(seed=0)
-    with pytest.raises(ValueError, match="finite"):
-        env.step(np.array([value], dtype=np.float32))
+# Every bad action seen so far (issue 14 and since) and what the error must say.
+BAD_ACTIONS = [
+    (np.array([np.nan], np.float32), "finite"), (np.array([np.inf], np.float32), "finite"),
+    (np.array([-np.inf], np.float32), "finite"),
+    (np.zeros(2, np.float32), r"shape \(1,\).*got shape \(2,\)"), (np.zeros((1, 1, 2), np.float32), "shape"),
+    (np.array([]), "shape"),
+    ("0.5", "must be a real number.*got str '0.5'"), (b"0.5", "must be a real number.*got bytes"),
+    (["0.5"], "must be a real number.*got list"), (np.array([0.5 + 1j]), "must be a real number.*complex128"),
+    (0.5 + 0j, "must be a real number.*got complex"), (True, "must be a real number.*got bool"),
+    (np.array([True]), "must be a real number.*of bool"), (None, "must be a real number.*got NoneType"),
+    (object(), "must be a real number.*got object"),
+]
 
 
-@pytest.mark.parametrize("action", [np.zeros(2, np.float32), np.zeros((1, 1, 2), np.float32), np.array([])])
-def test_wrong_action_shape(env, action):
+@pytest.mark.parametrize("action, match", BAD_ACTIONS, ids=[repr(a)[:30] for a, _ in BAD_ACTIONS])
+def test_bad_action_is_refused(env, action, match):
     env.reset(seed=0)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=match):
         env.step(action)
+
+
+@pytest.mark.parametrize("action", [0.5, 1, np.float64(0.5), np.int64(1), [0.5], np.array([0.5], np.float16)])
+def test_real_actions_of_any_numeric_type_are_taken(env, action):
+    env.reset(seed=0)
+    env.step(action)
+    assert len(env.keep_ratios()) == 1
 
 
 def test_out_of_range_action_is_clipped(env):
@@ -35,7 +49,13 @@ def test_out_of_range_action_is_clipped(env):
 
 
 def test_step_before_reset(env):
-    with pytest.raises(RuntimeError, match="reset"):
+    with pytest.raises(RuntimeError, match=r"step\(\) called before reset\(\); call reset\(\) first"):
+        env.step(np.array([0.5], dtype=np.float32))
+
+
+def test_step_after_the_end(env):
+    env.run_actions(np.full(env.num_decisions, 0.5))
+    with pytest.raises(RuntimeError, match="after the episode ended; call reset"):
         env.step(np.array([0.5], dtype=np.float32))
 
 
@@ -68,10 +88,80 @@ def test_unknown_env_id():
         gym.make("AGMC-ResNet57-v0")
 
 
-@pytest.mark.parametrize("target", [0.0, -0.1, 1.5])
-def test_flops_target_out_of_range(target):
-    with pytest.raises(ValueError, match=r"flops_target must be in \(0, 1\]"):
-        tiny_env(flops_target=target)
+class _Output(torch.nn.Module):
+    """The tiny ResNet with its output changed: a tuple, a dict, a feature map or 3 classes instead of 10."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.net, self.kind, self.head3 = cifar_resnet(14).eval(), kind, torch.nn.Linear(10, 3)
+
+    def forward(self, x):
+        y = self.net(x)
+        return {"tuple": lambda: (y, y), "dict": lambda: {"logits": y}, "classes3": lambda: self.head3(y),
+                "feature_map": lambda: x}[self.kind]()
+
+
+# Every bad option seen so far (issue 14 and since): the options given to the tiny env, and what the error must
+# say (the option, the value, the fix). Add new cases here; the list only grows.
+BAD_OPTIONS = [
+    ({"flops_target": 0.0}, r"flops_target=0\.0 is out of range: it must be a number in \(0, 1\]"),
+    ({"flops_target": -0.1}, r"flops_target=-0\.1 is out of range"),
+    ({"flops_target": 1.5}, r"flops_target=1\.5 is out of range"),
+    ({"flops_target": "0.5"}, r"flops_target='0\.5' \(str\) must be a number in \(0, 1\] \(flops_target=0\.5, not the str"),
+    ({"flops_target": True}, r"flops_target=True \(bool\) must be a number"),
+    ({"flops_target": None}, r"flops_target=None \(NoneType\) must be a number"),
+    ({"lbound": "0.2"}, r"lbound='0\.2' \(str\) must be a number in \(0, 1\] \(lbound=0\.2"),
+    ({"lbound": float("nan")}, r"lbound=nan is out of range"),
+    ({"rbound": 1.5}, r"rbound=1\.5 is out of range"),
+    ({"lbound": 0.8, "rbound": 0.5}, r"need 0 < lbound ≤ rbound ≤ 1, got lbound=0\.8, rbound=0\.5"),
+    ({"granularity": "fine", "params_target": "0.3"}, r"params_target='0\.3' \(str\) must be a number in \(0, 1\] or None"),
+    ({"granularity": "fine", "params_target": 0.0}, r"params_target=0\.0 is out of range"),
+    ({"batch_size": -8}, r"batch_size=-8 is out of range: it must be an integer ≥ 1 or None"),
+    ({"batch_size": 0}, r"batch_size=0 is out of range"),
+    ({"batch_size": 2.5}, r"batch_size=2\.5 \(float\) must be an integer ≥ 1"),
+    ({"max_nodes": 0}, r"max_nodes=0 is out of range: it must be an integer ≥ 1 or None"),
+    ({"max_edges": -1}, r"max_edges=-1 is out of range"),
+    ({"max_nodes": 10}, r"max_nodes=10/max_edges=None below this graph's \d+ nodes"),
+    ({"channel_round": 2.5}, r"channel_round=2\.5 \(float\) must be an integer ≥ 1"),
+    ({"channel_round": 0}, r"channel_round=0 is out of range"),
+    ({"channel_round": 32}, r"channel_round=32 makes flops_target=0\.6 unreachable.*lower channel_round"),
+    ({"val_size": 0}, r"val_size=0 is out of range: it must be an integer ≥ 1"),
+    ({"val_size": True}, r"val_size=True \(bool\) must be an integer ≥ 1"),
+    ({"val_size": "64"}, r"val_size='64' \(str\) must be an integer ≥ 1 \(val_size=64, not the string"),
+    ({"calib_size": -1}, r"calib_size=-1 is out of range: it must be an integer ≥ 0"),
+    ({"calib_size": 0}, r"calib_size=0 leaves no images for BN recalibration; set bn_recalibration=False"),
+    ({"val_size": 250, "calib_size": 32}, r"val_size=250 \+ calib_size=32 = 282 images, but the training set has 256"),
+    ({"split": "test", "test_size": -3}, r"test_size=-3 is out of range: it must be an integer ≥ 1 or None"),
+    ({"split": "test", "test_size": 0}, r"test_size=0 is out of range"),
+    ({"split": "test", "test_size": 2.0}, r"test_size=2\.0 \(float\) must be an integer"),
+    ({"split": "test", "test_size": 1000}, r"test_size=1000 but the test set has 64 images; give test_size ≤ 64"),
+    ({"split_seed": 1.5}, r"split_seed=1\.5 \(float\) must be an integer"),
+    ({"prune_residual": "yes"}, r"prune_residual='yes' \(str\) must be True or False"),
+    ({"bn_recalibration": 1}, r"bn_recalibration=1 \(int\) must be True or False"),
+    ({"download": "no"}, r"download='no' \(str\) must be True or False"),
+    ({"data_dir": 3}, r"data_dir=3 \(int\) must be a path"),
+    ({"device": "banana"}, r"device='banana' is not a torch device; use 'auto', 'cpu'"),
+    ({"granularity": None}, r"unknown granularity None; choose one of \('channel', 'fine'\)"),
+    ({"model": _Output("classes3")}, r"model _Output returned shape \(2, 3\) for a batch of 2; it must return logits "
+                                     r"\[batch, 10\]"),
+    ({"model": _Output("tuple")}, r"model _Output returned a tuple, not a tensor; it must return logits \[batch, 10\]"),
+    ({"model": _Output("dict")}, r"model _Output returned a dict, not a tensor"),
+    ({"model": _Output("feature_map")}, r"model _Output returned shape \(2, 3, 16, 16\)"),
+]
+
+
+@pytest.mark.parametrize("kwargs, match", BAD_OPTIONS, ids=[str(k) for k, _ in BAD_OPTIONS])
+def test_bad_option_names_option_value_and_fix(kwargs, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        tiny_env(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"split": "test", "test_size": 64}, {"calib_size": 0, "bn_recalibration": False},
+                                    {"batch_size": np.int64(16)}, {"flops_target": 1}, {"channel_round": 2}])
+def test_edge_values_are_accepted(kwargs):
+    env = tiny_env(**kwargs)
+    info = env.run_actions(np.full(env.num_decisions, 0.5))
+    assert 0.0 <= info["accuracy"] <= 1.0
 
 
 def test_flops_target_below_reachable_names_minimum():

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -18,7 +20,46 @@ from agents.searchers import SEARCHERS, run_baseline
 from agmc_env.checkpoints import CheckpointError
 from agmc_env.data import DataError
 from agmc_env.decisions import TraceError
-from agmc_env.options import OPTIONS
+from agmc_env.options import KINDS, OPTIONS
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (the usage itself is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _kind(kind: str, parse=None):
+    """An argparse type: ``parse`` the text, then check it against ``agmc_env.options.KINDS[kind]``."""
+    rule = KINDS[kind]
+    parse = parse or rule.parse
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule.what}") from None
+        if not rule.fits(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {rule.what}")
+        return value
+
+    return convert
+
+
+def _out_problem(out: str) -> str | None:
+    """Why ``--out`` cannot be written (a file, under a file, not writable), or None. Creates nothing."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        return f"--out {out} is a file; give a folder"
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"--out {out} is under the file {existing}; give a folder"
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as exc:
+        return f"--out {out} is not writable ({existing}: {exc.strerror}); give a folder you can write to"
+    return None
 
 
 def _env_id(value: str) -> str:
@@ -39,7 +80,8 @@ def _add_env_options(p: argparse.ArgumentParser) -> None:
         if opt.cli is bool:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            g.add_argument(flag, type=opt.cli, choices=opt.choices, default=None, help=help_text)
+            kind = opt.cli if opt.kind is None else _kind(opt.kind, opt.cli)
+            g.add_argument(flag, type=kind, choices=opt.choices, default=None, help=help_text)
 
 
 def _env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -52,13 +94,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="overwrite whatever run --out holds")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core); with several "
+    p.add_argument("--threads", type=_kind("positive int"), help="torch threads (default: torch's, one per core); with several "
                    "searches at once keep processes × threads ≤ cores")
     _add_env_options(p)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agmc", description="Automated channel pruning with RL on the AGMC env.")
+    parser = _Parser(prog="agmc", description="Automated channel pruning with RL on the AGMC env.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("search", help="RL search for per-layer keep ratios")
@@ -66,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--algo", choices=sorted(ALGORITHMS) + sorted(SEARCHERS), default="ddpg",
                    help="an SB3 agent (ddpg, td3, sac) or a whole-episode searcher (cmaes, tpe, random, uniform)")
     s.add_argument("--embedding", choices=sorted(EMBEDDINGS), default="gnn")
-    s.add_argument("--episodes", type=int, default=300)
-    s.add_argument("--warmup", type=int, default=25, help="episodes of uniformly random actions before learning")
+    s.add_argument("--episodes", type=_kind("positive int"), default=300)
+    s.add_argument("--warmup", type=_kind("count"), default=25, help="episodes of uniformly random actions before learning")
     s.add_argument("--reward-baseline", action="store_true", help="subtract AMC's moving-average reward baseline")
     s.add_argument("--credit", choices=CREDITS, default="terminal", help="terminal: the env's reward (0 until the "
                    "final accuracy); episode: AMC's code, every transition of an episode gets its final reward")
@@ -80,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("baseline", help="a whole-episode searcher (uniform, random, cmaes, tpe) through the same wall")
     b.add_argument("env_id", type=_env_id)
     b.add_argument("--method", choices=sorted(SEARCHERS), required=True)
-    b.add_argument("--episodes", type=int, default=300, help="evaluations for --method random")
+    b.add_argument("--episodes", type=_kind("positive int"), default=300, help="evaluations for --method random")
     _add_run_options(b)
 
     e = sub.add_parser("evaluate", help="accuracy, MACs, params and latency of a pruned checkpoint")
@@ -92,10 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("finetune", help="fine-tune a pruned checkpoint (SGD + cosine, CIFAR augmentation; "
                        "--distill: from the unpruned net; resumable per epoch)")
     f.add_argument("checkpoint")
-    f.add_argument("--epochs", type=int, default=20)
-    f.add_argument("--lr", type=float, default=0.01)
-    f.add_argument("--batch-size", type=int, default=128)
-    f.add_argument("--weight-decay", type=float, default=5e-4)
+    f.add_argument("--epochs", type=_kind("count"), default=20)
+    f.add_argument("--lr", type=_kind("positive number"), default=0.01)
+    f.add_argument("--batch-size", type=_kind("positive int"), default=128)
+    f.add_argument("--weight-decay", type=_kind("number ≥ 0"), default=5e-4)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", default="auto")
     f.add_argument("--data-dir")
@@ -112,6 +154,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    problem = _out_problem(args.out) if getattr(args, "out", None) else None
+    if problem:
+        print(f"agmc {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     if getattr(args, "threads", None):
         import torch
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from agents.checkpoint_io import load_pruned, task_for
 from agents.run_folder import RunError, atomic_write, save_pruned
 from agmc_env.data import ImageDataset, normalised
+from agmc_env.options import KINDS
 
 STATE = "finetune_state.pt"
 TEMPERATURE, ALPHA = 4.0, 0.9
@@ -70,6 +71,8 @@ def finetune(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: i
              log=print) -> dict[str, Any]:
     """Fine-tune; writes ``finetuned.pt``, ``finetune.csv`` (test accuracy per epoch) and the per-epoch resume state
     ``finetune_state.pt`` into ``out``. Re-running with the same ``out`` resumes after the last finished epoch."""
+    if not KINDS["count"].fits(epochs) or not KINDS["positive int"].fits(batch_size):
+        raise ValueError(f"epochs={epochs!r} must be an integer ≥ 0 and batch_size={batch_size!r} an integer ≥ 1")
     if distill and not (temperature > 0 and 0 <= alpha <= 1):
         raise ValueError(f"distillation needs temperature > 0 and 0 ≤ alpha ≤ 1 (got {temperature}, {alpha})")
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "epochs": epochs, "lr": lr, "batch_size": batch_size,

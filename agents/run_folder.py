@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from agmc_env.options import KINDS
+
 RUN, EPISODES, TRAJECTORIES = "run.json", "episodes.csv", "trajectories.jsonl"
 BEST, BEST_MODEL, CHECKPOINT, AGENT, TENSORBOARD = "best.json", "best_pruned.pt", "checkpoint.pt", "agent.zip", "tb"
 EPISODE_FIELDS = ["episode", "reward", "accuracy", "flops_ratio", "params_ratio", "keep_ratios", "seconds"]
@@ -45,6 +47,13 @@ class SearchConfig:
     credit: str = "terminal"  # RL: "terminal" (the env's reward) or "episode" (AMC: every transition gets it)
     exploration: str = "amc"  # DDPG/TD3: "amc" (σ × 0.95 per episode) or "scaled" (floor at 2/3 of the episodes)
     actor_lr: float | None = None  # RL: the actor's learning rate (None: the critic's, 1e-3)
+
+    def __post_init__(self) -> None:
+        # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.
+        for name, kind in (("episodes", "positive int"), ("warmup", "count"), ("seed", "int")):
+            value = getattr(self, name)
+            if not KINDS[kind].fits(value):
+                raise ValueError(f"{name}={value!r} must be {KINDS[kind].what}")
 
     def identity(self) -> dict[str, Any]:
         """What must match for a folder's run to be resumed (the episode count may be extended)."""
@@ -101,20 +110,31 @@ class RunFolder:
         return self.out / name
 
     # ------------------------------------------------------------------ life cycle
+    def check(self, force: bool = False) -> dict[str, Any] | None:
+        """Raise ``RunError`` if the folder holds a run this one may not continue; returns that run's ``run.json``
+        (None: no run there, or ``force``). Reads only: call it before the slow set-up, ``prepare`` after it."""
+        run_file = self.path(RUN)
+        if not run_file.exists() or force:
+            return None
+        try:
+            previous = json.loads(run_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{run_file} is corrupt ({exc}); use --force to start over") from exc
+        if previous.get("kind") != self.kind or not self.config.same_run(previous.get("identity", {})):
+            identity = json.loads(json.dumps(self.config.identity()))
+            theirs = {**SearchConfig(self.config.env_id).identity(), **(previous.get("identity") or {})}
+            diff = [f"{k}={theirs.get(k)!r} there, {v!r} here" for k, v in identity.items() if theirs.get(k) != v]
+            raise RunError(f"{self.out} holds a different run ({run_file}: {'; '.join(diff) or previous.get('kind')}); "
+                           "choose another --out or pass --force to overwrite")
+        if previous.get("finished") and previous.get("episodes", 0) >= self.config.episodes:
+            raise RunError(f"{self.out} holds a finished run of {previous['episodes']} episodes; pass --force to "
+                           "overwrite or a larger --episodes to extend it")
+        return previous
+
     def prepare(self, force: bool = False) -> bool:
         """Create or validate the folder; returns True when a checkpoint there should be resumed."""
         run_file = self.path(RUN)
-        if run_file.exists() and not force:
-            try:
-                previous = json.loads(run_file.read_text())
-            except json.JSONDecodeError as exc:
-                raise RunError(f"{run_file} is corrupt ({exc}); use --force to start over") from exc
-            if previous.get("kind") != self.kind or not self.config.same_run(previous.get("identity", {})):
-                raise RunError(f"{self.out} holds a different run ({run_file}); choose another --out or pass --force "
-                               "to overwrite")
-            if previous.get("finished") and previous.get("episodes", 0) >= self.config.episodes:
-                raise RunError(f"{self.out} holds a finished run of {previous['episodes']} episodes; pass --force to "
-                               "overwrite or a larger --episodes to extend it")
+        if self.check(force) is not None:
             if self.path(CHECKPOINT).exists():
                 return True
             if self.path(EPISODES).exists():  # killed before its first checkpoint: start the logs over

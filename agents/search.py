@@ -10,9 +10,11 @@ flight; re-running the same command continues it and yields the same episode log
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import time
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from agents.algorithms import ALGORITHMS, make_agent
 from agents.envs import make_env
-from agents.run_folder import AGENT, CHECKPOINT, TENSORBOARD, RunError, RunFolder, SearchConfig
+from agents.run_folder import AGENT, CHECKPOINT, RUN, TENSORBOARD, RunError, RunFolder, SearchConfig
 
 __all__ = ["RunError", "SearchConfig", "run_search"]
 
@@ -34,7 +36,7 @@ def save_agent_checkpoint(folder: RunFolder, model: OffPolicyAlgorithm) -> None:
     agent = io.BytesIO()
     model.save(agent)
     noise = model.action_noise
-    folder.save_checkpoint({"agent": agent.getvalue(), "state": {
+    folder.save_checkpoint({"agent": agent.getvalue(), "algo": folder.config.algo, "state": {
         "num_timesteps": model.num_timesteps, "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
         "torch_rng": torch.get_rng_state(), "action_space_rng": model.action_space.np_random.bit_generator.state,
         "noise": noise.state() if noise is not None else None,
@@ -111,20 +113,44 @@ def _rebuild_buffer(model, env, trajectories: list[dict[str, Any]]) -> None:
                 np.array([done]), [{}])
 
 
+def checkpoint_algorithm(ckpt: dict[str, Any]) -> str | None:
+    """The algorithm of a checkpoint's agent: as recorded, or (older checkpoints) read from SB3's saved settings —
+    SAC has an entropy coefficient, SB3's DDPG is TD3 with policy_delay=1."""
+    if "algo" in ckpt:
+        return ckpt["algo"]
+    try:
+        with zipfile.ZipFile(io.BytesIO(ckpt["agent"])) as z:
+            data = json.loads(z.read("data"))
+    except (KeyError, ValueError, zipfile.BadZipFile):
+        return None  # unreadable: SB3's load says so
+    if "ent_coef" in data:
+        return "sac"
+    return {1: "ddpg", 2: "td3"}.get(data.get("policy_delay"))
+
+
+def _check_algorithm(ckpt: dict[str, Any], config: SearchConfig, folder: RunFolder) -> None:
+    algo = checkpoint_algorithm(ckpt)
+    if algo is not None and algo != config.algo:
+        raise RunError(f"{folder.path(CHECKPOINT)} holds a {algo.upper()} agent but the run is {config.algo} "
+                       f"({folder.path(RUN)}); the folder was mixed up — use another --out, or --force to start over")
+
+
 def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = False, progress: bool = True,
                device: str = "auto") -> dict[str, Any]:
     """Run (or resume) a search; returns the best episode's record."""
     if config.algo not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {config.algo!r}; choose one of {sorted(ALGORITHMS)}")
     folder = RunFolder(out, config)
-    resume = folder.prepare(force)
+    folder.check(force)  # refuse another run's folder before loading anything
     seed_everything(config.seed)
-    env = make_env(config.env_id, **config.env_kwargs)
+    env = make_env(config.env_id, **config.env_kwargs)  # a bad option fails here, before the folder is touched
+    resume = folder.prepare(force)
     folder.check_task(env.unwrapped.task.options)
     vec = DummyVecEnv([lambda: env])
     T = env.unwrapped.num_decisions
     if resume:
         ckpt = folder.load_checkpoint()
+        _check_algorithm(ckpt, config, folder)
         state = ckpt["state"]
         try:
             model = ALGORITHMS[config.algo].load(io.BytesIO(ckpt["agent"]), env=vec, device=device)

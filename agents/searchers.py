@@ -197,8 +197,9 @@ def run_searcher(searcher: Searcher, config: SearchConfig, out: str | os.PathLik
     if searcher.max_episodes is not None:
         config.episodes = min(config.episodes, searcher.max_episodes)
     folder = RunFolder(out, config, kind)
+    folder.check(force)
+    env = make_env(config.env_id, **config.env_kwargs) if env is None else env  # bad options fail before the folder
     resume = folder.prepare(force)
-    env = make_env(config.env_id, **config.env_kwargs) if env is None else env
     base = env.unwrapped
     folder.check_task(base.task.options)
     searcher.setup(base, config.seed)

@@ -84,3 +84,98 @@ def test_finetune_runs_and_saves(tmp_path, capsys):
                  "--out", str(tmp_path / "ft")]) == 0
     assert "epoch 1: test accuracy" in capsys.readouterr().out
     assert (tmp_path / "ft" / "finetuned.pt").exists() and (tmp_path / "ft" / "finetune.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Finished tiny ddpg and td3 runs, a ddpg run whose checkpoint is td3's (recorded, and as older checkpoints
+    without the name), and a plain file."""
+    import shutil
+
+    import torch
+
+    root = tmp_path_factory.mktemp("cli")
+    for algo in ("ddpg", "td3"):
+        assert _search(root / algo, "--algo", algo) == 0
+    for name, legacy in (("mixed", False), ("mixed_legacy", True)):
+        shutil.copytree(root / "ddpg", root / name)
+        ckpt = torch.load(root / "td3" / "checkpoint.pt", weights_only=False)
+        if legacy:
+            del ckpt["algo"]
+        torch.save(ckpt, root / name / "checkpoint.pt")
+        run = json.loads((root / name / "run.json").read_text())
+        (root / name / "run.json").write_text(json.dumps({**run, "finished": False}))
+    (root / "afile").write_text("not a folder")
+    return root
+
+
+# Every bad invocation seen so far (issue 14 and since): ``{d}`` is the folders fixture. Each must print one line
+# naming the problem and exit with status 2, never a traceback. Add new cases here; the list only grows.
+BAD_INVOCATIONS = [
+    (["search", *TINY, "--episodes", "0", "--out", "{d}/e0"], r"argument --episodes: 0 is not an integer ≥ 1"),
+    (["search", *TINY, "--episodes", "-1", "--out", "{d}/e1"], r"argument --episodes: -1 is not an integer ≥ 1"),
+    (["search", *TINY, "--episodes", "x", "--out", "{d}/ex"], r"argument --episodes: 'x' is not an integer ≥ 1"),
+    (["baseline", *TINY, "--method", "random", "--episodes", "0", "--out", "{d}/b0"], r"--episodes: 0 is not"),
+    (["search", *TINY, "--warmup", "-3", "--out", "{d}/w"], r"argument --warmup: -3 is not an integer ≥ 0"),
+    (["search", *TINY, "--threads", "0", "--out", "{d}/t"], r"argument --threads: 0 is not an integer ≥ 1"),
+    (["search", *TINY, "--val-size", "-5", "--out", "{d}/v"], r"argument --val-size: -5 is not an integer ≥ 1"),
+    (["search", *TINY, "--flops-target", "2", "--out", "{d}/f"], r"argument --flops-target: 2 is not a number in"),
+    (["search", *TINY, "--flops-target", "nan", "--out", "{d}/f"], r"argument --flops-target: nan is not a number"),
+    (["search", *TINY, "--channel-round", "0", "--out", "{d}/c"], r"argument --channel-round: 0 is not an integer"),
+    (["search", *TINY, "--calib-size", "0", "--out", "{d}/cs"], r"calib_size=0 leaves no images for BN recal.*"
+                                                                r"bn_recalibration=False"),
+    (["search", *TINY, "--device", "banana", "--out", "{d}/dev"], r"device='banana' is not a torch device"),
+    (["search", *TINY, "--out", "{d}/afile"], r"--out .*afile is a file; give a folder"),
+    (["search", *TINY, "--out", "{d}/afile/sub"], r"--out .*afile/sub is under the file .*afile"),
+    (["search", *TINY, "--out", "/proc/agmc-out"], r"--out /proc/agmc-out is not writable"),
+    (["search", *TINY, "--episodes", "3", "--seed", "3", "--out", "{d}/ddpg"],
+     r"holds a different run .*seed=0 there, 3 here"),
+    (["search", *TINY, "--episodes", "3", "--warmup", "1", "--out", "{d}/mixed"],
+     r"checkpoint\.pt holds a TD3 agent but the run is ddpg"),
+    (["search", *TINY, "--episodes", "3", "--warmup", "1", "--out", "{d}/mixed_legacy"],
+     r"checkpoint\.pt holds a TD3 agent but the run is ddpg"),
+    (["evaluate", "{d}/ddpg/best_pruned.pt", "--split", "val", "--device", "banana"], r"device='banana' is not"),
+    (["evaluate", "{d}/ddpg"], r"no checkpoint at"),
+    (["finetune", "{d}/ddpg/best_pruned.pt", "--epochs", "-1", "--out", "{d}/ft"], r"--epochs: -1 is not an integer ≥ 0"),
+    (["finetune", "{d}/ddpg/best_pruned.pt", "--batch-size", "0", "--out", "{d}/ft"], r"--batch-size: 0 is not an"),
+    (["finetune", "{d}/ddpg/best_pruned.pt", "--lr", "-1", "--out", "{d}/ft"], r"--lr: -1 is not a number > 0"),
+    (["finetune", "{d}/ddpg/best_pruned.pt", "--weight-decay", "-1", "--out", "{d}/ft"], r"--weight-decay: -1 is not"),
+    (["finetune", "{d}/ddpg/best_pruned.pt", "--device", "banana", "--out", "{d}/ft"], r"device='banana' is not"),
+    (["finetune", "{d}/ddpg/best_pruned.pt", "--out", "{d}/afile"], r"--out .*afile is a file"),
+]
+
+
+@pytest.mark.parametrize("argv, match", BAD_INVOCATIONS, ids=[" ".join(a[:1] + a[3:6]) for a, _ in BAD_INVOCATIONS])
+def test_bad_invocation_is_one_line_and_status_2(folders, argv, match, capsys):
+    import re
+
+    argv = [a.replace("{d}", str(folders)) for a in argv]
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own refusals
+        status = exc.code
+    err = capsys.readouterr().err
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(match, err), err
+    assert not (folders / "e0").exists() and not (folders / "dev").exists()  # refused runs leave no folder
+
+
+def test_zero_episodes_from_python_never_finishes_a_run(tmp_path):
+    from agents.run_folder import SearchConfig
+
+    with pytest.raises(ValueError, match="episodes=0 must be an integer ≥ 1"):
+        SearchConfig("AGMCTest-Tiny-v0", episodes=0)
+    with pytest.raises(ValueError, match="warmup=-3 must be an integer ≥ 0"):
+        SearchConfig("AGMCTest-Tiny-v0", warmup=-3)
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch):
+    import agents.cli
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setattr(agents.cli, "run_search", broken)
+    with pytest.raises(KeyError):
+        main(["search", *TINY, "--episodes", "1", "--out", "/tmp/agmc-never-written"])

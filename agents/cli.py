@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
                    "final accuracy); episode: AMC's code, every transition of an episode gets its final reward")
     s.add_argument("--exploration", choices=EXPLORATIONS, default="amc", help="DDPG/TD3 σ schedule: amc (×0.95 per "
                    "episode) or scaled (σ reaches its floor at 2/3 of --episodes)")
-    s.add_argument("--actor-lr", type=float, help="actor learning rate (default: the critic's, 1e-3; AMC used 1e-4)")
+    s.add_argument("--actor-lr", type=_kind("positive number"),
+                   help="actor learning rate (default: the critic's, 1e-3; AMC used 1e-4)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out (also automatic)")
     _add_run_options(s)
 

@@ -118,6 +118,8 @@ BAD_INVOCATIONS = [
     (["baseline", *TINY, "--method", "random", "--episodes", "0", "--out", "{d}/b0"], r"--episodes: 0 is not"),
     (["search", *TINY, "--warmup", "-3", "--out", "{d}/w"], r"argument --warmup: -3 is not an integer ≥ 0"),
     (["search", *TINY, "--threads", "0", "--out", "{d}/t"], r"argument --threads: 0 is not an integer ≥ 1"),
+    (["search", *TINY, "--actor-lr", "0", "--out", "{d}/a"], r"argument --actor-lr: 0 is not a number > 0"),
+    (["search", *TINY, "--algo", "random", "--episodes", "0", "--out", "{d}/r0"], r"--episodes: 0 is not"),
     (["search", *TINY, "--val-size", "-5", "--out", "{d}/v"], r"argument --val-size: -5 is not an integer ≥ 1"),
     (["search", *TINY, "--flops-target", "2", "--out", "{d}/f"], r"argument --flops-target: 2 is not a number in"),
     (["search", *TINY, "--flops-target", "nan", "--out", "{d}/f"], r"argument --flops-target: nan is not a number"),

@@ -34,6 +34,10 @@ class RunError(RuntimeError):
     """The output folder cannot be used for this run (finished, different run, corrupt checkpoint)."""
 
 
+# What a run recorded before these fields existed had: terminal reward, AMC's σ decay, one learning rate.
+LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None}
+
+
 @dataclass
 class SearchConfig:
     env_id: str
@@ -62,10 +66,9 @@ class SearchConfig:
         return d
 
     def same_run(self, identity: dict[str, Any]) -> bool:
-        """Whether a folder's recorded identity is this run's; fields added since it was written count as
-        their defaults, so older run folders still resume."""
-        defaults = SearchConfig(self.env_id).identity()
-        return {**defaults, **identity} == json.loads(json.dumps(self.identity()))
+        """Whether a folder's recorded identity is this run's; fields added since it was written count as the
+        values runs had before them, so older run folders still resume as what they were."""
+        return {**LEGACY, **identity} == json.loads(json.dumps(self.identity()))
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", help="algo:embedding, run in this process (used internally)")
+    p.add_argument("--combos", help="comma-separated algo:embedding to run (default: all nine)")
     p.add_argument("--out", default=str(RESULTS / "search_speed.md"))
     args = p.parse_args(argv)
     if args.only:
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.env, algo, emb, args.episodes, args.warmup, args.seed)))
         return
     results = []
-    for algo, emb in COMBOS:
+    combos = [tuple(c.split(":")) for c in args.combos.split(",")] if args.combos else COMBOS
+    for algo, emb in combos:
         cmd = [sys.executable, "-m", "benchmarks.search_speed", "--env", args.env, "--episodes", str(args.episodes),
                "--warmup", str(args.warmup), "--seed", str(args.seed), "--only", f"{algo}:{emb}"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)

@@ -79,7 +79,8 @@ def test_amc_settings_search_resumes_and_old_folders_still_match(tmp_path):
     run_search(config, tmp_path, progress=False)
     config.episodes = 5  # extends: the recorded identity matches, new fields included
     run_search(config, tmp_path, progress=False)
-    old = SearchConfig("AGMCTest-Tiny-v0")
+    # a run.json written before these fields existed: it ran with a terminal reward, AMC's σ and one rate
+    old = SearchConfig("AGMCTest-Tiny-v0", credit="terminal", exploration="amc", actor_lr=None)
     recorded = {k: v for k, v in old.identity().items() if k not in ("credit", "exploration", "actor_lr")}
-    assert old.same_run(json.loads(json.dumps(recorded)))  # a run.json written before these fields existed
+    assert old.same_run(json.loads(json.dumps(recorded)))
     assert not config.same_run(recorded)

@@ -1,22 +1,22 @@
 """DDPG / TD3 / SAC from SB3 with AMC's search settings, swappable by one name.
 
-Defaults (AMC / AGMC, mapped onto SB3; see ``make_agent``):
+Defaults (AMC's released code, mapped onto SB3; see ``make_agent``). Chosen on the reward split: on ResNet-20
+they beat AGMC's settings (terminal reward, σ × 0.95, one learning rate) by 3.7 pt over 3 seeds, on ResNet-56
+by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
 
-- γ = 1 (the only reward is the final accuracy, so Q(s_t, a_t) estimates it at every step), τ = 0.01,
-  batch 64, lr 1e-3 for actor and critic (``actor_lr`` sets the actor's apart: AMC used 1e-4 / 1e-3), actor
-  and critic heads 300-300;
+- γ = 1, τ = 0.01, batch 64, actor and critic heads 300-300; learning rates 1e-3 (critic) and ``actor_lr``
+  1e-4 (actor), as AMC;
 - replay buffer = episodes × decisions transitions (the whole search; SB3's 1e6 default would reserve
   tens of GB for graph observations);
 - warm-up episodes of uniform random actions (``learning_starts`` = warm-up × T), then one gradient step
   per collected transition at each episode end (``train_freq=(1, "episode")``, ``gradient_steps=-1``);
-- DDPG/TD3 explore with AMC's truncated normal (σ 0.5 on [0, 1], ×0.95 per episode after warm-up;
-  ``exploration="scaled"``: the decay is set so σ reaches its floor at 2/3 of the episodes); SAC uses its
-  own entropy bonus;
-- credit assignment: ``credit="terminal"`` keeps the env's reward (0 until the final accuracy);
-  ``credit="episode"`` is AMC's released code: at the end of an episode every one of its transitions is
-  given the final reward;
-- optional moving-average reward baseline (AMC): b ← b + 0.5·(mean rewarded value of the batch − b),
-  subtracted from the rewarded transitions (the terminal ones, or all with ``credit="episode"``).
+- DDPG/TD3 explore with AMC's truncated normal, σ 0.5 on [0, 1] after warm-up; ``exploration="scaled"``
+  decays it so it reaches its floor (0.05) at 2/3 of the episodes, ``"amc"`` by ×0.95 per episode (≈ 0 after
+  ~100 episodes whatever the search length); SAC uses its own entropy bonus;
+- credit assignment: ``credit="episode"`` (AMC's amc_search.py): at the end of an episode every one of its
+  transitions is given the final reward; ``"terminal"`` keeps the env's reward (0 until the final accuracy);
+- AMC's moving-average reward baseline (``reward_baseline``): b ← b + 0.5·(mean rewarded value of the batch − b),
+  subtracted from the rewarded transitions (all of them with ``credit="episode"``, else the terminal ones).
 """
 from __future__ import annotations
 
@@ -108,8 +108,8 @@ def _choice(name: str, table: dict, what: str):
 
 
 def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, warmup: int = 25, seed: int = 0,
-               reward_baseline: bool = False, credit: str = "terminal", exploration: str = "amc",
-               learning_rate: float = 1e-3, actor_lr: float | None = None, batch_size: int = 64,
+               reward_baseline: bool = True, credit: str = "episode", exploration: str = "scaled",
+               learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, batch_size: int = 64,
                extractor_kwargs: dict | None = None, tensorboard_log: str | None = None,
                device: str = "auto", verbose: int = 0) -> OffPolicyAlgorithm:
     """An SB3 agent for ``env`` (a gymnasium AGMC env or a VecEnv over one) with the defaults above."""

@@ -110,13 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--embedding", choices=sorted(EMBEDDINGS), default="gnn")
     s.add_argument("--episodes", type=_kind("positive int"), default=300)
     s.add_argument("--warmup", type=_kind("count"), default=25, help="episodes of uniformly random actions before learning")
-    s.add_argument("--reward-baseline", action="store_true", help="subtract AMC's moving-average reward baseline")
-    s.add_argument("--credit", choices=CREDITS, default="terminal", help="terminal: the env's reward (0 until the "
-                   "final accuracy); episode: AMC's code, every transition of an episode gets its final reward")
-    s.add_argument("--exploration", choices=EXPLORATIONS, default="amc", help="DDPG/TD3 σ schedule: amc (×0.95 per "
-                   "episode) or scaled (σ reaches its floor at 2/3 of --episodes)")
-    s.add_argument("--actor-lr", type=_kind("positive number"),
-                   help="actor learning rate (default: the critic's, 1e-3; AMC used 1e-4)")
+    # RL defaults: AMC's released code, chosen on the reward split (benchmarks/results/search_settings_*.md)
+    s.add_argument("--reward-baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="subtract AMC's moving-average reward baseline (default on)")
+    s.add_argument("--credit", choices=CREDITS, default="episode", help="episode (default, AMC's code): every "
+                   "transition of an episode gets its final reward; terminal: the env's reward, 0 until the last step")
+    s.add_argument("--exploration", choices=EXPLORATIONS, default="scaled", help="DDPG/TD3 σ schedule: scaled "
+                   "(default; σ reaches its floor at 2/3 of --episodes) or amc (×0.95 per episode)")
+    s.add_argument("--actor-lr", type=_kind("positive number"), default=1e-4,
+                   help="actor learning rate (default 1e-4, AMC's; the critic's is 1e-3)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out (also automatic)")
     _add_run_options(s)
 

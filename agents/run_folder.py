@@ -27,6 +27,7 @@ from agmc_env.options import KINDS
 RUN, EPISODES, TRAJECTORIES = "run.json", "episodes.csv", "trajectories.jsonl"
 BEST, BEST_MODEL, CHECKPOINT, AGENT, TENSORBOARD = "best.json", "best_pruned.pt", "checkpoint.pt", "agent.zip", "tb"
 EPISODE_FIELDS = ["episode", "reward", "accuracy", "flops_ratio", "params_ratio", "keep_ratios", "seconds"]
+LOCK = ".lock"
 BEST_EXTRAS = ("top1", "top5", "sparsity", "nonzero_params")
 
 
@@ -46,11 +47,12 @@ class SearchConfig:
     episodes: int = 300
     warmup: int = 25
     seed: int = 0
-    reward_baseline: bool = False
+    # RL defaults = AMC's released code (chosen on the reward split: benchmarks/results/search_settings_*.md)
+    reward_baseline: bool = True  # subtract AMC's moving-average reward baseline
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    credit: str = "terminal"  # RL: "terminal" (the env's reward) or "episode" (AMC: every transition gets it)
-    exploration: str = "amc"  # DDPG/TD3: "amc" (σ × 0.95 per episode) or "scaled" (floor at 2/3 of the episodes)
-    actor_lr: float | None = None  # RL: the actor's learning rate (None: the critic's, 1e-3)
+    credit: str = "episode"  # "episode" (AMC: every transition gets the final reward) or "terminal" (the env's)
+    exploration: str = "scaled"  # DDPG/TD3: "scaled" (σ floor at 2/3 of the episodes) or "amc" (σ × 0.95 per episode)
+    actor_lr: float | None = 1e-4  # RL: the actor's learning rate (None: the critic's, 1e-3)
 
     def __post_init__(self) -> None:
         # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.
@@ -86,6 +88,16 @@ def save_pruned(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Non
     buf = io.BytesIO()
     torch.save({"model": model, "meta": meta}, buf)
     atomic_write(Path(path), buf.getvalue())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -138,6 +150,7 @@ class RunFolder:
         """Create or validate the folder; returns True when a checkpoint there should be resumed."""
         run_file = self.path(RUN)
         if self.check(force) is not None:
+            self._claim()
             if self.path(CHECKPOINT).exists():
                 return True
             if self.path(EPISODES).exists():  # killed before its first checkpoint: start the logs over
@@ -149,9 +162,23 @@ class RunFolder:
             for extra in self.out.glob("best_*.pt"):  # what a pruning mode exported beside the best model
                 extra.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
+        self._claim()
         atomic_write(run_file, json.dumps({"kind": self.kind, "identity": self.config.identity(),
                                            "episodes": self.config.episodes, "finished": False}, indent=2).encode())
         return False
+
+    def _claim(self) -> None:
+        """Mark the folder as this process's (``.lock`` holds its pid): two processes on one run folder would
+        interleave their logs. A lock whose process is gone (killed, finished) is taken over."""
+        lock = self.path(LOCK)
+        try:
+            pid = int(lock.read_text())
+        except (OSError, ValueError):
+            pid = None
+        if pid is not None and pid != os.getpid() and _alive(pid):
+            raise RunError(f"{self.out} is being written by another process (pid {pid}); wait for it, stop it, or "
+                           f"choose another --out (delete {lock} if that process is not a search)")
+        atomic_write(lock, str(os.getpid()).encode())
 
     def check_task(self, options: dict[str, Any]) -> None:
         """Record the env's resolved options the first time; refuse to continue a run whose options resolve
@@ -175,6 +202,7 @@ class RunFolder:
         run = json.loads(self.path(RUN).read_text())
         run.update(finished=True, episodes=self.config.episodes)
         atomic_write(self.path(RUN), json.dumps(run, indent=2).encode())
+        self.path(LOCK).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ logs
     def truncate_to(self, episodes: int) -> list[dict[str, Any]]:

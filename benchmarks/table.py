@@ -38,11 +38,12 @@ class Method:
     algo: str  # SB3 algorithm, or the baseline method
     embedding: str = "none"
     stochastic: bool = True
-    reward_baseline: bool = False
     env: tuple[tuple[str, Any], ...] = ()  # env options of this row on top of the grid's (an ablation)
+    search: tuple[tuple[str, Any], ...] = ()  # SearchConfig fields other than the defaults (an ablation)
 
 
 NO_REPAIR = (("repair", "none"),)
+AGMC_SETTINGS = (("credit", "terminal"), ("exploration", "amc"), ("actor_lr", None), ("reward_baseline", False))
 METHODS = [
     Method("uniform", "baseline", "uniform", stochastic=False),
     Method("random", "baseline", "random"),
@@ -53,8 +54,8 @@ METHODS = [
     Method("gnn-lstm+ddpg", "search", "ddpg", "gnn-lstm"),
     Method("gnn+td3", "search", "td3", "gnn"),
     Method("gnn+sac", "search", "sac", "gnn"),
-    # ablation: AMC's moving-average reward baseline on the main method
-    Method("gnn+ddpg+baseline", "search", "ddpg", "gnn", reward_baseline=True),
+    # ablation: the RL settings before AMC's code became the default (terminal reward, σ × 0.95, one rate)
+    Method("gnn+ddpg (AGMC settings)", "search", "ddpg", "gnn", search=AGMC_SETTINGS),
     # the reward path without least-squares repair, for comparison
     Method("uniform (no repair)", "baseline", "uniform", stochastic=False, env=NO_REPAIR),
     Method("gnn+ddpg (no repair)", "search", "ddpg", "gnn", env=NO_REPAIR),
@@ -145,7 +146,7 @@ def run_one(config: GridConfig, method: Method, seed: int, runs_in_process: int 
                      env_kwargs=env_kwargs, progress=False)
     else:
         run_search(SearchConfig(config.env_id, method.algo, method.embedding, config.episodes, config.warmup,
-                                seed, method.reward_baseline, env_kwargs), folder, progress=False)
+                                seed, env_kwargs=env_kwargs, **dict(method.search)), folder, progress=False)
     # Process-wide peak so far: exact for a process's first run, an upper bound after that.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (folder / "peak_rss.json").write_text(json.dumps({"peak_rss_mb": peak, "runs_in_process": runs_in_process}))

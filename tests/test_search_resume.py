@@ -24,12 +24,12 @@ def test_same_seed_same_log(tmp_path):
     assert _log(tmp_path / "a") == _log(tmp_path / "b")
 
 
-AMC_SETTINGS = {"credit": "episode", "exploration": "scaled", "actor_lr": 1e-4}
+LEGACY_SETTINGS = {"credit": "terminal", "exploration": "amc", "actor_lr": None}  # AGMC's, before the defaults moved
 
 
 @pytest.mark.parametrize("algo, embedding, baseline, extra", [
     ("ddpg", "gnn", False, {}), ("td3", "amc", True, {}), ("sac", "gnn-lstm", False, {}),
-    ("ddpg", "amc", True, AMC_SETTINGS)])
+    ("ddpg", "amc", False, LEGACY_SETTINGS)])
 def test_interrupted_search_resumes_exactly(tmp_path, killed_after, algo, embedding, baseline, extra):
     config = _config(algo, embedding, baseline, **extra)
     run_search(config, tmp_path / "full", progress=False)

@@ -142,3 +142,24 @@ def test_a_run_whose_env_defaults_changed_is_not_continued_silently(tmp_path):
     with pytest.raises(RunError, match="started with calib_size=500 but the env now gives calib_size=32.*"
                                        "--calib-size 500"):
         run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=0, progress=False)
+
+
+def test_two_processes_never_write_one_run_folder(tmp_path):
+    """A second process on a run folder that another live process is writing is refused; a dead one's is taken."""
+    import subprocess
+    import sys
+
+    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=2, seed=0, progress=False)
+    run = json.loads((tmp_path / "run.json").read_text())
+    run["finished"] = False
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / ".lock").write_text(str(other.pid))
+        with pytest.raises(RunError, match=f"another process \\(pid {other.pid}\\)"):
+            run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=0, progress=False)
+    finally:
+        other.kill()
+        other.wait()
+    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=0, progress=False)  # its owner is gone
+    assert not (tmp_path / ".lock").exists()  # released when the run finishes

@@ -191,16 +191,15 @@ SEARCHERS: dict[str, type[Searcher]] = {"uniform": UniformSearcher, "random": Ra
 
 
 def run_searcher(searcher: Searcher, config: SearchConfig, out: str | os.PathLike, *, force: bool = False,
-                 progress: bool = True, kind: str = "baseline", env=None) -> dict[str, Any]:
+                 progress: bool = True) -> dict[str, Any]:
     """Run (or resume) ``searcher`` for ``config.episodes`` episodes (fewer if it proposes fewer); writes the
-    run folder and returns the best record. ``env``: an env to use instead of ``make_env(config...)``."""
+    run folder and returns the best record."""
     if searcher.max_episodes is not None:
         config.episodes = min(config.episodes, searcher.max_episodes)
-    folder = RunFolder(out, config, kind)
+    folder = RunFolder(out, config, "baseline")  # the kind whole-episode searchers' folders have always had
     folder.check(force)
-    env = make_env(config.env_id, **config.env_kwargs) if env is None else env  # bad options fail before the folder
+    base = make_env(config.env_id, **config.env_kwargs).unwrapped  # bad options fail before the folder is touched
     resume = folder.prepare(force)
-    base = env.unwrapped
     folder.check_task(base.task.options)
     searcher.setup(base, config.seed)
     if resume:
@@ -213,13 +212,11 @@ def run_searcher(searcher: Searcher, config: SearchConfig, out: str | os.PathLik
     while folder.episodes < config.episodes:
         start = time.perf_counter()
         actions = np.asarray(searcher.ask(), dtype=np.float64).reshape(-1)
-        env.reset(seed=config.seed)
-        reward, info = 0.0, {}
-        for a in actions:
-            _, reward, *_, info = env.step(np.array([a], dtype=np.float32))
-        searcher.tell(actions, float(reward), info)
+        info = base.run_actions(actions)
+        reward = float(info["reward"])
+        searcher.tell(actions, reward, info)
         # Logged in SB3's scaled action units, like the RL search, so logs are interchangeable.
-        folder.log_episode(info, float(reward), [float(2 * a - 1) for a in actions], time.perf_counter() - start, base)
+        folder.log_episode(info, reward, [float(2 * a - 1) for a in actions], time.perf_counter() - start, base)
         folder.save_checkpoint({"searcher": searcher.state_dict()})
         if bar is not None:
             bar.set_postfix(best=f"{folder.best['accuracy']:.4f}", flops=f"{info['flops_ratio']:.3f}")

@@ -31,8 +31,10 @@ class AGMCEnv(gym.Env):
 
     ## Action Space
     ``Box(0, 1, shape=(1,), float32)``: a keep ratio in [0, 1], mapped linearly to ``[lbound, rbound]``,
-    rounded to an allowed channel count (a multiple of ``channel_round``) and then capped by the budget wall:
-    the largest count that still lets the MACs target be met if every later decision took ``lbound``.
+    rounded to an allowed channel count (a multiple of ``channel_round``) and then moved into the budget wall's
+    range: at most the largest count that still lets the MACs target be met if every later decision took
+    ``lbound`` (AMC's ceiling) and, with ``budget="window"``, at least the smallest count that still lets the
+    floor (target − 1 % of the original MACs) be reached if every later decision took ``rbound``.
     Actions outside [0, 1] are clipped; NaN/inf, a wrong shape or anything but a real number (bool, str, bytes,
     complex, None) raise ``ValueError``. ``info["keep_ratios"]``
     reports the applied (realised) ratios.

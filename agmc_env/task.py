@@ -89,9 +89,9 @@ class PruningTask:
     def _repair_images(self, split, size: int) -> torch.Tensor:
         """The first ``size`` of the seeded remaining training images (not reward, not calibration); all of them
         when fewer are left (a small dataset: ``task.repair.num_images`` says how many)."""
-        if size < 1 or len(split.train) == 0:
-            raise ValueError(f"repair='lstsq' needs repair_size ≥ 1 (got {size}) and training images left after the "
-                             f"reward and calibration splits ({len(split.train)} left); or use repair='none'")
+        if len(split.train) == 0:  # repair_size ≥ 1 is checked with the other options
+            raise ValueError(f"repair='lstsq' needs training images left after the reward and calibration splits "
+                             f"(none left); lower val_size or calib_size, or use repair='none'")
         return self._normalised(self.dataset.train_subset(split.train[:size])[0])
 
     def _normalised(self, raw: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import finetune_rows
+
 ROOT = Path(__file__).parent
 RESULTS, RUNS = ROOT / "results", ROOT / "runs"
 
@@ -78,8 +80,8 @@ class GridConfig:
     warmup: int = 25
     seeds: tuple[int, ...] = (0, 1, 2)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    finetune_epochs: int = 5  # 10+ is the goal; what fits a 2-core CPU session
-    finetune_methods: tuple[str, ...] = ("gnn+ddpg", "uniform")
+    finetune_epochs: int = 20
+    finetune_policies: tuple[str, ...] = (finetune_rows.BEST_SEARCH, "uniform")
 
 
 def _jpeg_weights(model: str) -> dict[str, str]:
@@ -93,7 +95,7 @@ def preset(name: str) -> GridConfig:
     presets = {
         "resnet20_flops50": lambda: GridConfig(name, "AGMC-ResNet20-v0", "resnet20",
                                                env_kwargs={"val_size": 1000, **_jpeg_weights("resnet20")}),
-        "resnet56_flops50": lambda: GridConfig(name, "AGMC-ResNet56-v0", "resnet56", finetune_epochs=3,
+        "resnet56_flops50": lambda: GridConfig(name, "AGMC-ResNet56-v0", "resnet56",
                                                env_kwargs={"val_size": 1000, **_jpeg_weights("resnet56")}),
         # a seconds-long grid on the test id, for trying the pipeline out
         "smoke": lambda: GridConfig(name, "AGMCTest-Tiny-v0", "tiny", episodes=6, warmup=2, seeds=(0, 1),
@@ -221,8 +223,7 @@ def execute(config: GridConfig, shard: tuple[int, int], finetune: bool = True, o
         if _finished(run_dir(config, method, seed)):
             test_accuracy(run_dir(config, method, seed))
     if shard[0] == 0 and finetune:
-        for name in config.finetune_methods:
-            finetuned(config, next(m for m in METHODS if m.name == name))
+        run_finetunes(config)
 
 
 def test_accuracy(folder: Path) -> float:
@@ -256,18 +257,42 @@ def unpruned(config: GridConfig) -> dict[str, float]:
     return result
 
 
-def finetuned(config: GridConfig, method: Method) -> float | None:
-    folder = run_dir(config, method, config.seeds[0])
-    out = folder / f"finetune{config.finetune_epochs}"
-    if not _finished(folder):
-        return None
-    if not (out / "finetuned.pt").exists():
-        from agents.finetune import finetune
+def policy_source(config: GridConfig, policy: str) -> Path | None:
+    """The finished run a fine-tuned row starts from: the best search by reward split, or a method's first seed."""
+    if policy == finetune_rows.BEST_SEARCH:
+        return finetune_rows.best_run([run_dir(config, m, s) for m, s in runs_of(config)
+                                       if m.stochastic and not m.env and _finished(run_dir(config, m, s))])
+    folder = run_dir(config, next(m for m in METHODS if m.name == policy), config.seeds[0])
+    return folder if _finished(folder) else None
 
-        print(f"[{config.name}] fine-tuning {method.name} for {config.finetune_epochs} epochs", flush=True)
-        finetune(folder / "best_pruned.pt", out, epochs=config.finetune_epochs)
-    rows = list(csv.DictReader(open(out / "finetune.csv")))
-    return float(rows[-1]["test_accuracy"])
+
+def run_finetunes(config: GridConfig) -> None:
+    """The fine-tuned rows whose policy's run has finished (each resumes where it stopped)."""
+    for row in finetune_rows.planned(config.finetune_policies):
+        source = policy_source(config, row.policy)
+        if source is not None:
+            finetune_rows.run(row, source, RUNS / config.name / "finetune", config.finetune_epochs,
+                              log=lambda msg: print(f"[{config.name}] {msg}", flush=True))
+
+
+def _finetune_lines(config: GridConfig, base_test: float) -> list[str]:
+    epochs = config.finetune_epochs
+    lines = ["", f"Fine-tuned rows: {epochs} epochs of `agmc finetune` (SGD + Nesterov, lr 0.01 cosine, wd 5e-4, "
+             "batch 128, crop + flip, full training split; distillation: `--distill`, T = 4, α = 0.9, teacher = the "
+             "unpruned net). Each starts from its policy replayed for one episode with least-squares repair "
+             "(\"repaired\") or without; \"best search\" = the search run with the highest reward-split accuracy. "
+             "Rows still running show the epochs done (they resume).", "",
+             "| policy (run) | start weights | distillation | test before (%) | test after (%) | Δ test after (pt) | "
+             "epochs done | minutes |", "|---|---|---|---|---|---|---|---|"]
+    for row in finetune_rows.planned(config.finetune_policies):
+        r = finetune_rows.result(row, RUNS / config.name / "finetune", epochs)
+        source = f" ({r['source']})" if r else ""
+        start = "repaired" if row.repair != "none" else "not repaired"
+        head = f"| {row.policy}{source} | {start} | {'yes' if row.distill else 'no'} |"
+        lines.append(f"{head} not run yet | | | | |" if r is None else
+                     f"{head} {100 * r['before']:.2f} | {100 * r['after']:.2f} | {100 * (r['after'] - base_test):+.2f} | "
+                     f"{r['epochs']}/{epochs} | {r['minutes']:.0f} |")
+    return lines
 
 
 def _episodes(folder: Path) -> list[dict[str, str]]:
@@ -375,17 +400,8 @@ def render(config: GridConfig, argv: list[str]) -> None:
         lines += ["", f"Reward split vs test over every run's best policy ({len(rows)} runs): Spearman ρ = "
                   f"{_spearman([r['val_accuracy'] for r in rows], [r['test_accuracy'] for r in rows]):.3f} — how far "
                   "the search's objective ranks pruned networks as the held-out test set does."]
-    lines += ["", f"Mean ± sample std over seeds. Fine-tuned rows ({config.finetune_epochs} epochs of "
-              "`agmc finetune`: SGD + Nesterov, lr 0.01 cosine, wd 5e-4, batch 128, crop + flip, full training split; "
-              f"seed {config.seeds[0]}'s best policy):", "",
-              "| method | test acc. after fine-tuning (%) | Δ test (pt) |", "|---|---|---|"]
-    for name in config.finetune_methods:
-        out = run_dir(config, next(m for m in METHODS if m.name == name), config.seeds[0]) / f"finetune{config.finetune_epochs}"
-        if (out / "finetune.csv").exists():
-            acc = float(list(csv.DictReader(open(out / "finetune.csv")))[-1]["test_accuracy"])
-            lines.append(f"| {name} | {100 * acc:.2f} | {100 * (acc - base['test_accuracy']):+.2f} |")
-        else:
-            lines.append(f"| {name} | not run yet | |")
+    lines += ["", "Mean ± sample std over seeds."]
+    lines += _finetune_lines(config, base["test_accuracy"])
     lines += ["", "Published numbers (real CIFAR-10, not this JPEG copy; compare Δ only):", "",
               "| source | base (%) | pruned (%) | Δ (pt) |", "|---|---|---|---|"]
     for label, b, p in PAPER.get(config.model, []):

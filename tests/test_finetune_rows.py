@@ -1,0 +1,56 @@
+"""The tables' fine-tuned rows: the best search is chosen by reward split, a start replays its policy exactly, and a
+row's result reads back what ``agmc finetune`` did."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from agents.searchers import run_baseline
+from benchmarks import finetune_rows as fr
+
+ENV = "AGMCTest-Tiny-v0"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for name, method, seed in (("random-s0", "random", 0), ("random-s1", "random", 1), ("uniform-s0", "uniform", 0)):
+        run_baseline(method, ENV, root / name, episodes=4, seed=seed, progress=False)
+    return root
+
+
+def test_every_policy_start_and_distillation_is_planned():
+    rows = fr.planned((fr.BEST_SEARCH, "uniform"))
+    assert len(rows) == len(set(rows)) == 8
+    assert {r.folder(fr.Path("x"), 20).name for r in rows} >= {"best-search-lstsq-e20", "uniform-none-distill-e20"}
+
+
+def test_best_run_is_the_highest_reward_split_accuracy(runs):
+    folders = [runs / "random-s0", runs / "random-s1"]
+    accuracy = {f: json.loads((f / "best.json").read_text())["accuracy"] for f in folders}
+    assert fr.best_run(folders) == max(folders, key=accuracy.get)
+    assert fr.best_run([]) is None
+
+
+def test_a_start_replays_the_runs_best_policy(runs, tmp_path):
+    best = json.loads((runs / "random-s0" / "best.json").read_text())
+    path = fr.start_checkpoint(runs / "random-s0", best["env_kwargs"].get("repair", "lstsq"), tmp_path / "s.pt",
+                               log=lambda *_: None)
+    meta = torch.load(path, weights_only=False)["meta"]
+    assert meta["accuracy"] == best["accuracy"] and meta["flops_ratio"] == pytest.approx(best["flops_ratio"])
+    unrepaired = fr.start_checkpoint(runs / "random-s0", "none", tmp_path / "n.pt", log=lambda *_: None)
+    assert torch.load(unrepaired, weights_only=False)["meta"]["env_kwargs"]["repair"] == "none"
+
+
+def test_a_row_runs_once_and_reports_its_epochs(runs, tmp_path):
+    row = fr.FinetuneRow("uniform", "none", distill=True)
+    assert fr.result(row, tmp_path, 1) is None
+    fr.run(row, runs / "uniform-s0", tmp_path, 1, log=lambda *_: None)
+    result = fr.result(row, tmp_path, 1)
+    assert result["epochs"] == 1 and result["source"] == "uniform-s0"
+    assert 0 <= result["before"] <= 1 and 0 <= result["after"] <= 1
+    mtime = (row.folder(tmp_path, 1) / "finetuned.pt").stat().st_mtime
+    fr.run(row, runs / "uniform-s0", tmp_path, 1, log=lambda *_: None)  # finished: left as it is
+    assert (row.folder(tmp_path, 1) / "finetuned.pt").stat().st_mtime == mtime

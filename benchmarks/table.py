@@ -58,6 +58,10 @@ METHODS = [
     Method("gnn+sac", "search", "sac", "gnn"),
     # ablation: the RL settings before AMC's code became the default (terminal reward, σ × 0.95, one rate)
     Method("gnn+ddpg (AGMC settings)", "search", "ddpg", "gnn", search=AGMC_SETTINGS),
+    # ablations: one of the defaults taken back at a time
+    Method("gnn+ddpg (terminal reward)", "search", "ddpg", "gnn", search=(("credit", "terminal"), ("reward_baseline", False))),
+    Method("gnn+ddpg (sigma x 0.95 per episode)", "search", "ddpg", "gnn", search=(("exploration", "amc"),)),
+    Method("gnn+ddpg (one lr)", "search", "ddpg", "gnn", search=(("actor_lr", None),)),
     # the reward path without least-squares repair, for comparison
     Method("uniform (no repair)", "baseline", "uniform", stochastic=False, env=NO_REPAIR),
     Method("gnn+ddpg (no repair)", "search", "ddpg", "gnn", env=NO_REPAIR),

@@ -177,231 +177,233 @@ def analyse(model: nn.Module, example: torch.Tensor, *, prune_residual: bool = F
             prune_linear: bool = False) -> ChannelAnalysis:
     """Trace ``model`` on ``example`` and find its channel groups and decisions."""
     gm = trace(model, example)
-    modules = dict(gm.named_modules())
-    uf = _UnionFind()
-    space: dict[str, int] = {}  # node → space id (before union-find resolution)
-    factor: dict[str, int] = {}
-    frozen: dict[int, list[str]] = {}
-    merged: set[int] = set()
-    activated: set[int] = set()
-    producers: dict[int, list[str]] = {}
-    remap_nodes: dict[str, Remap] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
+    spaces = _Spaces(gm)
+    for node in gm.graph.nodes:
+        spaces.visit(node)
+    return spaces.resolve(prune_residual, prune_linear)
 
-    def freeze(sid: int, why: str) -> None:
-        frozen.setdefault(sid, []).append(why)
 
-    def new_space(node: fx.Node) -> int:
-        sid = uf.new()
-        space[node.name] = sid
-        factor[node.name] = 1
+class _Spaces:
+    """The channel-space bookkeeping of one traced graph, filled node by node in graph order."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm, self.modules, self.uf = gm, dict(gm.named_modules()), _UnionFind()
+        self.space: dict[str, int] = {}  # node → space id (before union-find resolution)
+        self.factor: dict[str, int] = {}  # node → positions per channel (C·H·W after a flatten)
+        self.frozen: dict[int, list[str]] = {}
+        self.merged: set[int] = set()
+        self.activated: set[int] = set()
+        self.producers: dict[int, list[str]] = {}
+        self.remap_nodes: dict[str, Remap] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def freeze(self, sid: int, why: str) -> None:
+        self.frozen.setdefault(sid, []).append(why)
+
+    def new_space(self, node: fx.Node) -> int:
+        sid = self.uf.new()
+        self.space[node.name], self.factor[node.name] = sid, 1
         return sid
 
-    def inherit(node: fx.Node, src: fx.Node) -> None:
-        space[node.name] = space[src.name]
-        factor[node.name] = factor[src.name]
+    def produce(self, node: fx.Node) -> None:
+        self.producers.setdefault(self.new_space(node), []).append(node.name)
 
-    def tensor_inputs(node: fx.Node) -> list[fx.Node]:
-        return [a for a in node.all_input_nodes if a.name in space]
+    def inherit(self, node: fx.Node, src: fx.Node, activation: bool = False) -> None:
+        self.space[node.name], self.factor[node.name] = self.space[src.name], self.factor[src.name]
+        if activation:
+            self.activated.add(self.space[src.name])
 
-    def unknown(node: fx.Node) -> None:
-        why = f"unsupported op {_op_name(node, modules)}"
-        for a in tensor_inputs(node):
-            freeze(space[a.name], why)
+    def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
+        return [a for a in node.all_input_nodes if a.name in self.space]
+
+    def unknown(self, node: fx.Node) -> None:
+        why = f"unsupported op {_op_name(node, self.modules)}"
+        for a in self.tensor_inputs(node):
+            self.freeze(self.space[a.name], why)
         if _shape(node) is not None and len(_shape(node)) >= 2:
-            freeze(new_space(node), why)
+            self.freeze(self.new_space(node), why)
 
-    for node in gm.graph.nodes:
+    def remap(self, node: fx.Node, segments: list[tuple[str, int, int]]) -> None:
+        self.new_space(node)
+        self.remap_nodes[node.name] = Remap(node.name, self.shapes[node.name][1], segments)
+
+    # ------------------------------------------------------------------ ops
+    def visit(self, node: fx.Node) -> None:
         shape = _shape(node)
         if shape is not None:
-            shapes[node.name] = shape
+            self.shapes[node.name] = shape
         if node.op == "placeholder":
             if shape is not None:
-                freeze(new_space(node), "model input")
-            continue
+                self.freeze(self.new_space(node), "model input")
+            return
         if node.op == "output":
             for a in node.all_input_nodes:
-                if a.name in space:
-                    freeze(space[a.name], "model output")
-            continue
+                if a.name in self.space:
+                    self.freeze(self.space[a.name], "model output")
+            return
         if node.op == "get_attr":
-            continue
-        inputs = tensor_inputs(node)
+            return
+        inputs = self.tensor_inputs(node)
         if shape is None or len(shape) < 2 or not inputs:
             # sizes, ints, non-tensor results: they carry no channels, but a channel tensor consumed by an op
             # that returns a tensor without our bookkeeping would escape the analysis, so be strict.
             if shape is not None and inputs:
-                unknown(node)
-            continue
-        x = inputs[0]
-        in_shape = shapes.get(x.name)
-        if node.op == "call_module":
-            mod = modules[node.target]
-            if isinstance(mod, nn.Conv2d) and factor[x.name] == 1:
-                if mod.groups == 1:
-                    sid = new_space(node)
-                    producers.setdefault(sid, []).append(node.name)
-                elif mod.groups == mod.in_channels == mod.out_channels:
-                    inherit(node, x)  # depthwise: output channel i is input channel i
-                else:
-                    unknown(node)
-            elif isinstance(mod, nn.Linear) and in_shape is not None and len(in_shape) == 2:
-                sid = new_space(node)
-                producers.setdefault(sid, []).append(node.name)
-            elif isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)) and factor[x.name] == 1:
-                inherit(node, x)
-            elif isinstance(mod, ACTIVATION_MODULES):
-                inherit(node, x)
-                activated.add(space[x.name])
-            elif isinstance(mod, PASS_MODULES):
-                inherit(node, x)
-            elif isinstance(mod, nn.Flatten) and mod.start_dim == 1 and in_shape is not None:
-                _flatten(node, x, in_shape, shape, space, factor, unknown)
-            else:
-                unknown(node)
-            continue
-        target = node.target
-        is_fn = node.op == "call_function"
-        if (is_fn and target in ACTIVATION_FUNCTIONS) or (not is_fn and target in ACTIVATION_METHODS):
-            inherit(node, x)
-            activated.add(space[x.name])
-        elif (is_fn and target in PASS_FUNCTIONS) or (not is_fn and target in PASS_METHODS):
-            inherit(node, x)
-        elif (is_fn and target in MERGE_FUNCTIONS) or (not is_fn and target in MERGE_METHODS):
-            _merge(node, inputs, shape, shapes, space, factor, uf, merged, freeze, modules)
-        elif (is_fn and target in RESHAPE_FUNCTIONS) or (not is_fn and target in RESHAPE_METHODS):
-            _flatten(node, x, in_shape, shape, space, factor, unknown)
-        elif (is_fn and target in MEAN_FUNCTIONS) or (not is_fn and target in MEAN_METHODS):
+                self.unknown(node)
+        elif node.op == "call_module":
+            self.module_op(node, self.modules[node.target], inputs[0])
+        else:
+            self.function_op(node, inputs)
+
+    def module_op(self, node: fx.Node, mod: nn.Module, x: fx.Node) -> None:
+        in_shape, plain = self.shapes.get(x.name), self.factor[x.name] == 1
+        if isinstance(mod, nn.Conv2d) and plain and mod.groups == 1:
+            self.produce(node)
+        elif isinstance(mod, nn.Conv2d) and plain and mod.groups == mod.in_channels == mod.out_channels:
+            self.inherit(node, x)  # depthwise: output channel i is input channel i
+        elif isinstance(mod, nn.Linear) and in_shape is not None and len(in_shape) == 2:
+            self.produce(node)
+        elif isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)) and plain:
+            self.inherit(node, x)
+        elif isinstance(mod, ACTIVATION_MODULES + PASS_MODULES):
+            self.inherit(node, x, activation=isinstance(mod, ACTIVATION_MODULES))
+        elif isinstance(mod, nn.Flatten) and mod.start_dim == 1 and in_shape is not None:
+            self.flatten(node, x)
+        else:
+            self.unknown(node)
+
+    def function_op(self, node: fx.Node, inputs: list[fx.Node]) -> None:
+        x, target, is_fn = inputs[0], node.target, node.op == "call_function"
+        in_shape, plain = self.shapes.get(x.name), self.factor[x.name] == 1
+
+        def kind(functions: set, methods: set) -> bool:
+            return target in functions if is_fn else target in methods
+
+        if kind(ACTIVATION_FUNCTIONS, ACTIVATION_METHODS) or kind(PASS_FUNCTIONS, PASS_METHODS):
+            self.inherit(node, x, activation=kind(ACTIVATION_FUNCTIONS, ACTIVATION_METHODS))
+        elif kind(MERGE_FUNCTIONS, MERGE_METHODS):
+            self.merge(node, inputs)
+        elif kind(RESHAPE_FUNCTIONS, RESHAPE_METHODS):
+            self.flatten(node, x)
+        elif kind(MEAN_FUNCTIONS, MEAN_METHODS):
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             dims = [dims] if isinstance(dims, int) else list(dims or [])
-            if dims and all(d % len(in_shape) >= 2 for d in dims) and factor[x.name] == 1:
-                inherit(node, x)
+            if dims and all(d % len(in_shape) >= 2 for d in dims) and plain:
+                self.inherit(node, x)
             else:
-                unknown(node)
+                self.unknown(node)
         elif is_fn and target is operator.getitem:
-            idx = node.args[1]
-            idx = idx if isinstance(idx, tuple) else (idx,)
-            full = slice(None)
-            if len(idx) >= 2 and idx[0] == full and idx[1] == full and factor[x.name] == 1:
-                inherit(node, x)  # spatial slicing, e.g. the option-A subsampling x[:, :, ::2, ::2]
+            idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+            full = slice(None)  # spatial slicing keeps channels, e.g. the option-A subsampling x[:, :, ::2, ::2]
+            if len(idx) >= 2 and idx[0] == full and idx[1] == full and plain:
+                self.inherit(node, x)
             else:
-                unknown(node)
-        elif is_fn and target is F.pad and _channel_pad(node) is not None and factor[x.name] == 1:
+                self.unknown(node)
+        elif is_fn and target is F.pad and _channel_pad(node) is not None and plain:
             before, after = _channel_pad(node)
             if before == after == 0:
-                inherit(node, x)
+                self.inherit(node, x)
             else:
-                new_space(node)
-                remap_nodes[node.name] = Remap(node.name, shape[1], [(x.name, before, in_shape[1])])
-        elif is_fn and target is torch.cat and _cat_dim(node) == 1 and all(factor[a.name] == 1 for a in inputs):
-            segments, offset = [], 0
+                self.remap(node, [(x.name, before, in_shape[1])])
+        elif is_fn and target is torch.cat and _cat_dim(node) == 1 and all(self.factor[a.name] == 1 for a in inputs):
+            offsets = [0]
             for a in node.args[0]:
-                segments.append((a.name, offset, shapes[a.name][1]))
-                offset += shapes[a.name][1]
-            new_space(node)
-            remap_nodes[node.name] = Remap(node.name, shape[1], segments)
+                offsets.append(offsets[-1] + self.shapes[a.name][1])
+            self.remap(node, [(a.name, o, self.shapes[a.name][1]) for a, o in zip(node.args[0], offsets)])
         else:
-            unknown(node)
+            self.unknown(node)
 
-    return _resolve(gm, uf, space, factor, frozen, merged, activated, producers, remap_nodes, shapes, modules,
-                    prune_residual, prune_linear)
+    def flatten(self, node: fx.Node, x: fx.Node) -> None:
+        """[N, C, H, W] → [N, C·H·W] keeps channel c at positions c·H·W … (c+1)·H·W − 1."""
+        in_shape, shape = self.shapes.get(x.name), self.shapes[node.name]
+        if in_shape is None or self.factor[x.name] != 1:
+            self.unknown(node)
+        elif len(in_shape) == 4 and len(shape) == 2 and shape[1] == in_shape[1] * in_shape[2] * in_shape[3]:
+            self.space[node.name], self.factor[node.name] = self.space[x.name], in_shape[2] * in_shape[3]
+        elif shape[:2] == in_shape[:2] and all(s == 1 for s in shape[2:]) and all(s == 1 for s in in_shape[2:]):
+            self.space[node.name], self.factor[node.name] = self.space[x.name], 1  # [N, C] ↔ [N, C, 1, 1]
+        else:
+            self.unknown(node)
+
+    def merge(self, node: fx.Node, inputs: list[fx.Node]) -> None:
+        """Elementwise ops: operands with the full channel extent must share indices; broadcast ones do not."""
+        channels, shapes = self.shapes[node.name][1], self.shapes
+        coupled = [a for a in inputs if len(shapes[a.name]) >= 2 and shapes[a.name][1] == channels and channels > 1]
+        if not coupled:
+            self.inherit(node, inputs[0])
+            return
+        op = _op_name(node, self.modules)
+        if any(self.factor[a.name] != 1 for a in coupled):
+            for a in coupled:
+                self.freeze(self.space[a.name], f"elementwise op on flattened channels {op}")
+        sid = self.space[coupled[0].name]
+        for a in coupled[1:]:
+            sid = self.uf.union(sid, self.space[a.name])
+        # Tensor constants with a channel extent (get_attr operands) cannot be pruned with the group.
+        for a in node.all_input_nodes:
+            if a.op == "get_attr":
+                self.freeze(sid, f"elementwise op with a constant {op}")
+        # A stream is summed (residual add); a product is a gate (SE: x * scale[N, C, 1, 1]) that couples the
+        # indices but leaves the group a block-internal width. Decided by the op, not by shapes: on 1×1 maps
+        # the gate has the full shape.
+        if node.target not in GATE_OPS:
+            self.merged.add(sid)
+        self.space[node.name], self.factor[node.name] = sid, self.factor[coupled[0].name]
+
+    # ------------------------------------------------------------------ result
+    def groups(self) -> list[ChannelGroup]:
+        """One group per union-find root, with everything recorded against its spaces."""
+        roots: dict[int, ChannelGroup] = {}
+
+        def group_for(sid: int) -> ChannelGroup:
+            root = self.uf.find(sid)
+            if root not in roots:
+                roots[root] = ChannelGroup(len(roots), width=-1)
+            return roots[root]
+
+        for name, sid in self.space.items():
+            g = group_for(sid)
+            width = self.shapes[name][1] // self.factor[name]
+            if g.width not in (-1, width):
+                raise TraceError(f"channel bookkeeping mismatch at node {name}: {width} vs {g.width} channels")
+            g.width = width
+            g.nodes.append(name)
+        for sid, why in self.frozen.items():
+            group_for(sid).frozen_by.extend(why)
+        for sid in self.merged:
+            group_for(sid).merged = True
+        for sid in self.activated:
+            group_for(sid).activated = True
+        for sid, names in self.producers.items():
+            group_for(sid).producers.extend(names)
+        for name in self.remap_nodes:
+            group_for(self.space[name]).remaps.append(name)
+        groups = sorted(roots.values(), key=lambda g: g.id)
+        for g in groups:
+            if not g.producers and len(g.remaps) > 1:
+                g.frozen_by.append(f"several remaps write one group: {g.remaps}")
+        return groups
+
+    def resolve(self, prune_residual: bool, prune_linear: bool) -> ChannelAnalysis:
+        groups = self.groups()
+        group_of = {name: g.id for g in groups for name in g.nodes}
+        nodes = {n.name: (i, n.target) for i, n in enumerate(self.gm.graph.nodes)}
+        decisions = []
+        for g in groups:
+            if g.frozen_by or not g.producers:
+                continue
+            if not prune_linear and any(isinstance(self.modules[nodes[p][1]], nn.Linear) for p in g.producers):
+                continue
+            if not prune_residual and (g.merged or not g.activated):
+                continue
+            decisions.append(g.id)
+        decisions.sort(key=lambda gid: min(nodes[p][0] for p in groups[gid].producers))
+        return ChannelAnalysis(self.gm, groups, group_of, dict(self.factor), self.remap_nodes, self.shapes, decisions)
 
 
 def _cat_dim(node: fx.Node) -> int | None:
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     return dim if isinstance(dim, int) else None
-
-
-def _flatten(node, x, in_shape, shape, space, factor, unknown) -> None:
-    """[N, C, H, W] → [N, C·H·W] keeps channel c at positions c·H·W … (c+1)·H·W − 1."""
-    if in_shape is None or factor[x.name] != 1:
-        unknown(node)
-    elif len(in_shape) == 4 and len(shape) == 2 and shape[1] == in_shape[1] * in_shape[2] * in_shape[3]:
-        space[node.name] = space[x.name]
-        factor[node.name] = in_shape[2] * in_shape[3]
-    elif shape[:2] == in_shape[:2] and all(s == 1 for s in shape[2:]) and all(s == 1 for s in in_shape[2:]):
-        space[node.name] = space[x.name]  # [N, C] ↔ [N, C, 1, 1]
-        factor[node.name] = 1
-    else:
-        unknown(node)
-
-
-def _merge(node, inputs, shape, shapes, space, factor, uf, merged, freeze, modules) -> None:
-    """Elementwise ops: operands with the full channel extent must share indices; broadcast ones do not."""
-    channels = shape[1]
-    coupled = [a for a in inputs if len(shapes[a.name]) >= 2 and shapes[a.name][1] == channels and channels > 1]
-    if not coupled:
-        space[node.name] = space[inputs[0].name]
-        factor[node.name] = factor[inputs[0].name]
-        return
-    if any(factor[a.name] != 1 for a in coupled):
-        for a in coupled:
-            freeze(space[a.name], f"elementwise op on flattened channels {_op_name(node, modules)}")
-    sid = space[coupled[0].name]
-    for a in coupled[1:]:
-        sid = uf.union(sid, space[a.name])
-    # Tensor constants with a channel extent (get_attr operands) cannot be pruned with the group.
-    for a in node.all_input_nodes:
-        if a.op == "get_attr":
-            freeze(sid, f"elementwise op with a constant {_op_name(node, modules)}")
-    # A stream is summed (residual add); a product is a gate (SE: x * scale[N, C, 1, 1]) that couples the
-    # indices but leaves the group a block-internal width. Decided by the op, not by shapes: on 1×1 maps
-    # the gate has the full shape.
-    if node.target not in GATE_OPS:
-        merged.add(sid)
-    space[node.name] = sid
-    factor[node.name] = factor[coupled[0].name]
-
-
-def _resolve(gm, uf, space, factor, frozen, merged, activated, producers, remap_nodes, shapes, modules,
-             prune_residual, prune_linear) -> ChannelAnalysis:
-    roots: dict[int, int] = {}
-    groups: list[ChannelGroup] = []
-    group_of: dict[str, int] = {}
-
-    def group_for(sid: int) -> ChannelGroup:
-        root = uf.find(sid)
-        if root not in roots:
-            roots[root] = len(groups)
-            groups.append(ChannelGroup(len(groups), width=-1))
-        return groups[roots[root]]
-
-    for name, sid in space.items():
-        g = group_for(sid)
-        group_of[name] = g.id
-        width = shapes[name][1] // factor[name]
-        if g.width == -1:
-            g.width = width
-        elif g.width != width:
-            raise TraceError(f"channel bookkeeping mismatch at node {name}: {width} vs {g.width} channels")
-        g.nodes.append(name)
-    for sid, why in frozen.items():
-        group_for(sid).frozen_by.extend(why)
-    for sid in merged:
-        group_for(sid).merged = True
-    for sid in activated:
-        group_for(sid).activated = True
-    for sid, names in producers.items():
-        group_for(sid).producers.extend(names)
-    for name in remap_nodes:
-        group_for(space[name]).remaps.append(name)
-    for g in groups:
-        if not g.producers and len(g.remaps) > 1:
-            g.frozen_by.append(f"several remaps write one group: {g.remaps}")
-
-    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
-    target = {n.name: n.target for n in gm.graph.nodes}
-    decisions = []
-    for g in groups:
-        if g.frozen_by or not g.producers:
-            continue
-        if not prune_linear and any(isinstance(modules[target[p]], nn.Linear) for p in g.producers):
-            continue
-        if not prune_residual and (g.merged or not g.activated):
-            continue
-        decisions.append(g.id)
-    decisions.sort(key=lambda gid: min(order[p] for p in groups[gid].producers))
-    return ChannelAnalysis(gm, groups, group_of, dict(factor), remap_nodes, shapes, decisions)
 
 
 def describe_frozen(analysis: ChannelAnalysis) -> list[str]:

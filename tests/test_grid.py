@@ -91,3 +91,20 @@ def test_a_killed_trial_is_retried_and_the_table_is_complete(tmp_path, monkeypat
     assert len(json.loads((killed["folder"] / "machine.json").read_text())["sessions"]) == 2  # it was restarted
     table.render(config, [])
     assert [r["method"] for r in _rows(tmp_path / "results" / "smoke_kill.csv", set())] == ["random", "amc+ddpg"]
+
+
+def test_the_settings_sweep_ranks_seeded_samples_on_the_reward_split(tmp_path):
+    from benchmarks import sweep
+
+    args = ["smoke", "--samples", "2", "--episodes", "4", "--cpus-per-run", "1", "--runs", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results")]
+    sweep.main(args)
+    rows = _rows(tmp_path / "results" / "sweep_smoke.csv", set())
+    assert len(rows) == 2 and float(rows[0]["val_accuracy"]) >= float(rows[1]["val_accuracy"])
+    for row in rows:
+        assert len(_rows(Path(row["folder"]) / "episodes.csv", set())) == 4
+        assert not (Path(row["folder"]) / "test.json").exists()  # scored on the reward split only
+    assert "| rank | reward-split acc. (%)" in (tmp_path / "results" / "sweep_smoke.md").read_text()
+    sweep.main(args)  # the same command draws the same samples: their finished folders are reused
+    assert sorted(r["folder"] for r in _rows(tmp_path / "results" / "sweep_smoke.csv", set())) == \
+        sorted(r["folder"] for r in rows)

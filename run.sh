@@ -2,7 +2,8 @@
 # The quick start: everything a fresh clone needs, set up on first use.
 #   ./run.sh search AGMC-ResNet56-v0 --out runs/r56   any `agmc` command (search, baseline, evaluate, finetune)
 #   ./run.sh test [pytest args]                      the test suite
-# First use creates .venv (or $AGMC_VENV) with torch==2.14.1, torchvision==0.29.1 and this package (-e .[test]);
+# First use creates .venv (or $AGMC_VENV) with torch==2.14.1, torchvision==0.29.1 and this package (-e .[test],
+# which brings the grid and bench extras: Ray and matplotlib, for the benchmark grid's tests);
 # later runs reuse it. CIFAR-10 and the checkpoints are taken from ../shared when it is there and
 # AGMC_DATA_DIR / AGMC_WEIGHTS_DIR are not set (else: see "Data and weights" in README.md).
 set -euo pipefail

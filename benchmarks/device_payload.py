@@ -60,7 +60,8 @@ def main() -> None:
     p.add_argument("--calib-size", type=int, default=500)
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--repair-size", type=int, default=500, help="images kept for the repair statistics")
-    p.add_argument("--wheels", default="", help="folder of wheels to copy along (see the device tool's README)")
+    p.add_argument("--wheels", default="", help="folder of wheels to copy along (see the device tool's README); "
+                   "Ray does not fit the 64 MiB (see gpu_session.sh)")
     args = p.parse_args()
     out = Path(args.out)
     src = _cifar_folder(None)

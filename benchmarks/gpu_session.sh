@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # One GPU session, as run on a lent machine that gets the repository only (no ../shared, no internet):
-# CUDA checks (env step on CUDA, AMP, step timings), then the ResNet-56 grid in parallel workers until the
-# deadline. Build the payload here first:
+# CUDA checks (env step on CUDA, AMP, step timings), then the ResNet-56 grid, many runs sharing the GPU, until
+# the deadline. Build the payload here first:
 #   AGMC_DATA_DIR=../shared/data/cifar10 AGMC_WEIGHTS_DIR=../shared/weights python -m benchmarks.device_payload --wheels WHEELS
 # then, on the GPU machine, from the repository root with device_payload/ beside it:
-#   OUT=/some/folder BUDGET_S=540 WORKERS=14 bash benchmarks/gpu_session.sh
-# Everything it produces lands in $OUT: logs, step_speed_cuda.md, and the grid's run folders as runs.tgz.part-*
-# (unpack into benchmarks/runs/ and resume or render with python -m benchmarks.table resnet56_flops50).
+#   OUT=/some/folder BUDGET_S=540 GPUS_PER_RUN=0.07 bash benchmarks/gpu_session.sh
+# The grid runs as Ray Tune trials (1 CPU and GPUS_PER_RUN of the GPU each: 0.07 → 14 runs at once) when the
+# machine has Ray. Ray cannot travel in the payload (its wheel alone is ~76 MiB, and Tune needs pyarrow and pandas,
+# against 64 MiB in all), so where Ray is missing the script starts one in-process grid per method instead
+# (`--sequential --methods M`: disjoint run folders, 12 at once). Everything it produces lands in $OUT: logs,
+# step_speed_cuda.md, and the grid's run folders as runs.tgz.part-* (unpack into benchmarks/runs/ and resume
+# or render with python -m benchmarks.table resnet56_flops50).
 set -u
 T0=$(date +%s)
 BUDGET_S=${BUDGET_S:-540}
-WORKERS=${WORKERS:-14}
+GPUS_PER_RUN=${GPUS_PER_RUN:-0.07}
 OUT=${OUT:-/tmp/agmc_gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 AGMC_DATA_DIR=/tmp/agmc_data AGMC_WEIGHTS_DIR=$PWD/device_payload/weights
@@ -46,9 +50,22 @@ echo "step_speed done at $(( $(date +%s) - T0 )) s"
 
 # 2. The ResNet-56 grid: resumable cells, killed (whole process group) at the deadline.
 left=$(( BUDGET_S - ($(date +%s) - T0) - 25 ))
-timeout -k 5 "$left" python3 -m benchmarks.table resnet56_flops50 --workers "$WORKERS" --threads 1 --skip-finetune \
-  > "$OUT/grid.log" 2>&1
-echo "grid stopped (rc $?) at $(( $(date +%s) - T0 )) s"; grep -E "finished|FAILED" "$OUT/grid.log" | head -40
+grid=(python3 -m benchmarks.table resnet56_flops50 --skip-finetune --results /tmp/agmc_results)
+if python3 -c "import ray.tune" 2>/dev/null; then
+  timeout -k 5 "$left" "${grid[@]}" --cpus-per-run 1 --gpus-per-run "$GPUS_PER_RUN" > "$OUT/grid.log" 2>&1
+  echo "grid stopped (rc $?) at $(( $(date +%s) - T0 )) s"
+  python3 -m ray.scripts.scripts stop --force > /dev/null 2>&1  # trials the deadline cut short
+else
+  echo "no Ray here: one in-process grid per method"
+  mapfile -t methods < <(python3 -c "from benchmarks.table import METHODS; print('\n'.join(m.name for m in METHODS))")
+  for m in "${methods[@]}"; do  # in this shell (not a pipe's subshell), so that `wait` waits for them
+    OMP_NUM_THREADS=1 timeout -k 5 "$left" "${grid[@]}" --sequential --cpus-per-run 1 --methods "$m" \
+      >> "$OUT/grid.log" 2>&1 &
+  done
+  wait
+  echo "grids stopped at $(( $(date +%s) - T0 )) s"
+fi
+grep -E "→|FAILED|Error" "$OUT/grid.log" | head -40
 
 # 3. Bring the runs back: everything but agent.zip; checkpoint.pt only where a run has not finished.
 python3 - "$OUT" <<'PY'

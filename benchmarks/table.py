@@ -1,11 +1,13 @@
 """Benchmark grids: every method × seed on one env, through the same code paths as ``agmc search`` /
 ``agmc baseline``, rendered as a table, a per-run CSV and learning curves.
 
-    python -m benchmarks.table resnet20_flops50 [--shard 0/2] [--threads 1] [--render-only]
+    python -m benchmarks.table resnet20_flops50 [--cpus-per-run 1] [--gpus-per-run 0.25] [--address auto]
 
-Runs live in ``benchmarks/runs/<config>/<method>-s<seed>/`` (git-ignored, resumable: finished runs are
-skipped, interrupted ones continue). ``--shard i/n`` runs every n-th run, so n processes can share a
-grid; any process (or ``--render-only``) renders what has finished into ``benchmarks/results/``:
+Each run is a Ray Tune trial (``benchmarks.grid``: Ray on this machine, or ``--address`` a cluster; a trial
+whose process dies is retried); without Ray (or with ``--sequential``) the runs go one after the other in
+this process. Runs live in ``benchmarks/runs/<config>/<method>-s<seed>/`` (git-ignored, resumable: finished
+runs are skipped, interrupted ones continue). The command (or ``--render-only``) then renders what has
+finished into ``benchmarks/results/``:
 ``<config>.md`` (table + paper numbers + provenance), ``<config>.csv`` (one row per run),
 ``<config>_curves.csv`` and ``<config>_curves.png`` (best-so-far reward-split accuracy per episode).
 """
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import finetune_rows
+from benchmarks import finetune_rows, grid
 
 ROOT = Path(__file__).parent
 RESULTS, RUNS = ROOT / "results", ROOT / "runs"
@@ -115,9 +117,10 @@ def runs_of(config: GridConfig) -> list[tuple[Method, int]]:
     return [(m, s) for s in config.seeds for m in METHODS if m.stochastic or s == config.seeds[0]]
 
 
-def run_dir(config: GridConfig, method: Method, seed: int) -> Path:
+def run_dir(config: GridConfig, method: Method, seed: int, runs: Path | None = None) -> Path:
+    """``runs`` (default ``RUNS``) is explicit in Ray trials: another process never sees ``main``'s ``RUNS``."""
     slug = re.sub(r"[^\w+.-]+", "-", method.name).strip("-")  # "uniform (no repair)" → "uniform-no-repair"
-    return RUNS / config.name / f"{slug}-s{seed}"
+    return (runs or RUNS) / config.name / f"{slug}-s{seed}"
 
 
 def _finished(folder: Path) -> bool:
@@ -136,13 +139,14 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
 
 
-def run_one(config: GridConfig, method: Method, seed: int, runs_in_process: int = 1, parallel: int = 1) -> None:
+def run_one(config: GridConfig, method: Method, seed: int, runs_in_process: int = 1, parallel: int = 1,
+            runs: Path | None = None) -> None:
     """One grid cell through the same code paths as ``agmc search`` / ``agmc baseline``; resumes if interrupted."""
     from agents.run_folder import SearchConfig
     from agents.search import run_search
     from agents.searchers import run_baseline
 
-    folder = run_dir(config, method, seed)
+    folder = run_dir(config, method, seed, runs)
     print(f"[{config.name}] {method.name} seed {seed} → {folder}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     _record_machine(folder, {**machine(), "runs_in_parallel": parallel})
@@ -172,62 +176,71 @@ def _machines(folder: Path) -> list[dict[str, Any]]:
         return []
 
 
-def _pending(config: GridConfig, shard: tuple[int, int], only: set[str] | None) -> list[tuple[Method, int]]:
-    return [(m, s) for i, (m, s) in enumerate(runs_of(config))
-            if i % shard[1] == shard[0] and (not only or m.name in only) and not _finished(run_dir(config, m, s))]
+def _pending(config: GridConfig, only: set[str] | None) -> list[tuple[Method, int]]:
+    return [(m, s) for m, s in runs_of(config)
+            if (not only or m.name in only) and not _finished(run_dir(config, m, s))]
 
 
-def _worker_run(config_name: str, method_name: str, seed: int, threads: int | None, parallel: int) -> str:
-    """A pool worker's task (spawned process: CUDA cannot be forked)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    config = preset(config_name)
-    _worker_run.count = getattr(_worker_run, "count", 0) + 1  # type: ignore[attr-defined]
-    run_one(config, next(m for m in METHODS if m.name == method_name), seed, _worker_run.count, parallel)  # type: ignore[attr-defined]
-    return f"{method_name}-s{seed}"
+def method_named(name: str) -> Method:
+    return next(m for m in METHODS if m.name == name)
 
 
-def threads_per_process(processes: int, threads: int | None = None) -> int | None:
-    """Torch threads for each of ``processes`` runs at once, so that processes × threads ≤ cores (4 threads on
-    2 cores slowed a search ~8×). An explicit ``threads`` that oversubscribes is refused."""
-    cores = os.cpu_count() or 1
-    if processes <= 1:
-        return threads
-    if threads is None:
-        return max(1, cores // processes)
-    if processes * threads > cores:
-        raise SystemExit(f"--workers {processes} × --threads {threads} = {processes * threads} threads on {cores} cores: "
-                         f"oversubscribed (each run slows several-fold); use --threads {max(1, cores // processes)}")
-    return threads
-
-
-def execute(config: GridConfig, shard: tuple[int, int], finetune: bool = True, only: set[str] | None = None,
-            workers: int = 1, threads: int | None = None) -> None:
-    """Runs the pending cells of this shard, in this process or in ``workers`` processes at once."""
-    pending = _pending(config, shard, only)
-    threads = threads_per_process(workers, threads)
-    if workers <= 1:
+def execute(config: GridConfig, finetune: bool = True, only: set[str] | None = None, *, sequential: bool = False,
+            address: str | None = None, cpus_per_run: float | None = None, gpus_per_run: float = 0.0,
+            max_failures: int = 3) -> None:
+    """Runs the pending cells: as Ray Tune trials (here or on ``address``'s cluster), or one after the other
+    in this process (``sequential``, or Ray not installed); then the fine-tuned rows, in this process."""
+    pending = _pending(config, only)
+    if not sequential and not grid.ray_available():
+        print(f"[{config.name}] Ray is not installed: running the grid in this process, one run at a time "
+              f"({grid.INSTALL_HINT})", flush=True)
+        sequential = True
+    if sequential:
+        grid.set_threads(cpus_per_run)
         for n, (method, seed) in enumerate(pending, 1):
             run_one(config, method, seed, n)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_worker_run, config.name, m.name, s, threads, workers): f"{m.name}-s{s}"
-                       for m, s in pending}
-            for future in as_completed(futures):
-                try:
-                    print(f"[{config.name}] finished {future.result()}", flush=True)
-                except Exception as exc:  # one failed cell must not stop the others; it stays pending
-                    print(f"[{config.name}] {futures[future]} FAILED: {exc!r}\n{exc.__cause__ or ''}", flush=True)
+    elif pending:
+        _run_on_ray(config, pending, address, cpus_per_run or 1, gpus_per_run, max_failures)
     for method, seed in runs_of(config):
         if _finished(run_dir(config, method, seed)):
             test_accuracy(run_dir(config, method, seed))
-    if shard[0] == 0 and finetune:
+    if finetune:
         run_finetunes(config)
+
+
+def _run_on_ray(config: GridConfig, pending: list[tuple[Method, int]], address: str | None, cpus: float,
+                gpus: float, max_failures: int) -> None:
+    from ray import tune
+
+    grid.start(address, cpus, gpus)
+    runs = RUNS.resolve()  # trials run in other processes (other machines): RUNS is this process's
+    trainable = tune.with_parameters(_trial, grid_config=config, runs=str(runs), cpus=cpus,
+                                     parallel=grid.concurrent_runs(cpus, gpus, len(pending)))
+    cells = [{"method": m.name, "seed": s} for m, s in pending]
+    results = grid.fit(trainable, {"cell": tune.grid_search(cells)}, name=f"{config.name}-{_stamp()}",
+                       storage=runs / "_ray", cpus_per_run=cpus, gpus_per_run=gpus, max_failures=max_failures,
+                       dirname=lambda trial: run_dir(config, method_named(trial.config["cell"]["method"]),
+                                                     trial.config["cell"]["seed"]).name)
+    for result in results:
+        if result.error is not None:  # it stays pending: re-running the command continues it
+            print(f"[{config.name}] {result.config['cell']} FAILED after {max_failures} retries: {result.error!r}",
+                  flush=True)
+
+
+def _stamp() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _trial(params: dict[str, Any], *, grid_config: GridConfig, runs: str, cpus: float, parallel: int) -> None:
+    """One Ray Tune trial: one grid cell; a retried trial resumes the cell's run folder."""
+    from ray import tune
+
+    grid.set_threads(cpus)
+    cell = params["cell"]
+    run_one(grid_config, method_named(cell["method"]), cell["seed"], parallel=parallel, runs=Path(runs))
+    folder = run_dir(grid_config, method_named(cell["method"]), cell["seed"], Path(runs))
+    tune.report({"val_accuracy": json.loads((folder / "best.json").read_text())["accuracy"],
+                 "test_accuracy": test_accuracy(folder)})
 
 
 def test_accuracy(folder: Path) -> float:
@@ -266,7 +279,7 @@ def policy_source(config: GridConfig, policy: str) -> Path | None:
     if policy == finetune_rows.BEST_SEARCH:
         return finetune_rows.best_run([run_dir(config, m, s) for m, s in runs_of(config)
                                        if m.stochastic and not m.env and _finished(run_dir(config, m, s))])
-    folder = run_dir(config, next(m for m in METHODS if m.name == policy), config.seeds[0])
+    folder = run_dir(config, method_named(policy), config.seeds[0])
     return folder if _finished(folder) else None
 
 
@@ -363,7 +376,7 @@ def render(config: GridConfig, argv: list[str]) -> None:
     lines = [
         f"# {config.name}: {config.env_id}, every method at the preset's MACs budget", "",
         f"Regenerate: `AGMC_DATA_DIR=../shared/data/cifar10 AGMC_WEIGHTS_DIR=../shared/weights python -m benchmarks.table {config.name}`"
-        " (add `--shard i/n` to split the grid over n processes)  ",
+        " (Ray Tune trials: `--cpus-per-run C --gpus-per-run G` per run, `--address` for a cluster)  ",
         f"This render: `python -m benchmarks.table {' '.join(argv)}`, {datetime.datetime.now().isoformat(timespec='seconds')}  ",
         f"Rendered on: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, Python {platform.python_version()}  ",
         "Runs ran on: " + "; ".join(f"{label} ({n} runs)" for label, n in
@@ -493,28 +506,30 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
-    p.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i")
-    p.add_argument("--threads", type=int, help="torch threads per process (default with --workers N: cores // N)")
-    p.add_argument("--workers", type=int, default=1, help="run this many grid cells at once, one process each")
+    grid.add_arguments(p)
+    p.add_argument("--sequential", action="store_true", help="run in this process, one run at a time (no Ray)")
     p.add_argument("--render-only", action="store_true")
-    p.add_argument("--skip-finetune", action="store_true", help="do not run the fine-tuned rows (shard 0 runs them)")
+    p.add_argument("--skip-finetune", action="store_true", help="do not run the fine-tuned rows")
     p.add_argument("--methods", help="comma-separated method names: run only these")
     p.add_argument("--results", help="where the table, CSVs and plots go (default benchmarks/results)")
     p.add_argument("--runs", help="where the run folders live (default benchmarks/runs)")
     args = p.parse_args(argv)
     RESULTS, RUNS = Path(args.results or RESULTS), Path(args.runs or RUNS)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     config = preset(args.config)
     if not args.render_only:
-        i, n = (int(v) for v in args.shard.split("/"))
         only = set(args.methods.split(",")) if args.methods else None
-        execute(config, (i, n), finetune=not args.skip_finetune, only=only, workers=args.workers,
-                threads=args.threads)
+        if only and only - {m.name for m in METHODS}:
+            raise SystemExit(f"unknown methods {sorted(only - {m.name for m in METHODS})}; "
+                             f"choose from {[m.name for m in METHODS]}")
+        execute(config, finetune=not args.skip_finetune, only=only, sequential=args.sequential,
+                address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                max_failures=args.max_failures)
     render(config, argv)
 
 
 if __name__ == "__main__":
-    main()
+    # Run as the importable ``benchmarks.table``, not ``__main__``: Ray ships the trial function to its
+    # workers by module name, and they can import ``benchmarks.table`` but not this process's ``__main__``.
+    from benchmarks.table import main as table_main
+
+    table_main()

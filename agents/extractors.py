@@ -17,7 +17,10 @@ it the normalised adjacency Â = D^-1/2 (A+I) D^-1/2 is built once (PyG's own ``
 topology) and each layer is ``Â @ (H W) + b`` for the whole batch at once — one sparse matmul on nodes ×
 (batch·features) instead of PyG's per-call normalisation and gather/scatter over B·E edges. The GCNConv
 modules (and so the state_dict) are the same; only the arithmetic's order differs (float noise). Batches
-with differing graphs, and the other layer types, take the generic PyG path.
+with differing graphs, and the other layer types, take the generic PyG path. The checks are cheap per call:
+the replay buffer (``agents.algorithms.AMCReplayBuffer``) hands the static keys over as one expanded row,
+which is equal across the batch by construction, and the split of x's columns into batch-constant and
+per-sample ones is computed once per batch tensor, not once per extractor call.
 """
 from __future__ import annotations
 
@@ -35,6 +38,33 @@ from torch import nn  # noqa: E402
 
 CONV_LAYERS = {"gcn": gnn.GCNConv, "sage": gnn.SAGEConv, "graph": gnn.GraphConv, "gat": gnn.GATConv}
 DECODERS = ("none", "lstm")
+
+
+def _rows_equal(t: torch.Tensor) -> bool:
+    """Every row of the batch equals row 0. A batch-stride of 0 (the replay buffer hands static keys over as
+    one row expanded) says so without reading the data."""
+    return t.shape[0] == 1 or t.stride(0) == 0 or bool((t == t[:1]).all())
+
+
+class _SharedColumns:
+    """The feature columns of ``x`` that are equal in every row of its batch, for the last ``x`` seen by any
+    extractor: in one SB3 gradient step actor, critic and their targets receive the same two batch tensors
+    (observations, next observations) five times, so the [B, N, F] comparison runs twice, not five times.
+    The cache keeps ``x`` alive and checks its version, so a tensor changed in place is compared again."""
+
+    _x: torch.Tensor | None = None
+    _version = -1
+    _columns: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shared column indices, per-sample column indices)."""
+        if x is not cls._x or x._version != cls._version:
+            same = (x == x[:1]).all(0).all(0) if x.shape[0] > 1 else torch.ones(x.shape[2], dtype=torch.bool,
+                                                                                   device=x.device)
+            cls._x, cls._version = x, x._version
+            cls._columns = same.nonzero().view(-1), (~same).nonzero().view(-1)
+        return cls._columns
 
 
 def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -142,7 +172,7 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
     def _shared_topology(self, obs: dict[str, torch.Tensor]) -> _Topology | None:
         """The cached topology if every row of the batch has row 0's graph, else None (generic path)."""
         keys = ("edge_index", "edge_mask", "node_mask") + (("node_decision",) if self.decoder == "lstm" else ())
-        if any(obs[k].shape[0] > 1 and not bool((obs[k] == obs[k][:1]).all()) for k in keys):
+        if not all(_rows_equal(obs[k]) for k in keys):
             return None
         topo = self._topology
         if topo is None or topo.adj.device != obs["x"].device or topo.adj.dtype != obs["x"].dtype \
@@ -153,31 +183,33 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         return topo
 
     def _first_layer(self, x: torch.Tensor, topo: _Topology) -> torch.Tensor:
-        """Layer 1 as (Â X) Wᵀ + b, split by feature columns: those equal in every row of the batch (the
-        op graph's static features) go through Â and W once for the whole batch, the others (keep ratios,
-        current decision) per sample. Same function as Â (X Wᵀ) + b; x needs no gradient, so Â X doesn't."""
+        """Layer 1 and its ReLU, as (Â X) Wᵀ + b split by feature columns: those equal in every row of the
+        batch (the op graph's static features) go through Â and W once for the whole batch, the others (keep
+        ratios, current decision) per sample. Same function as Â (X Wᵀ) + b; x needs no gradient, so Â X
+        doesn't."""
         conv = self.convs[0]
-        B, N, F = x.shape
+        B, N, _ = x.shape
         weight = conv.lin.weight  # [H, F]
-        same = (x == x[:1]).all(0).all(0) if B > 1 else torch.ones(F, dtype=torch.bool, device=x.device)
-        shared_cols, own_cols = same.nonzero().view(-1), (~same).nonzero().view(-1)
+        shared_cols, own_cols = _SharedColumns.of(x)
         shared = conv.bias.view(1, -1).expand(N, -1) if conv.bias is not None else x.new_zeros(N, weight.shape[0])
         if len(shared_cols):  # [N, H], the same for every row of the batch
             part = _Aggregate.apply(topo.adj, topo.adj_t, x[0].index_select(1, shared_cols), None)
             shared = part @ weight.index_select(1, shared_cols).t() + shared
         if not len(own_cols):
-            return shared.unsqueeze(1).expand(N, B, -1)
+            return torch.relu(shared).unsqueeze(1).expand(N, B, -1)
         own = x.index_select(2, own_cols).transpose(0, 1).reshape(N, -1)  # [N, B·F_own]
         own = _Aggregate.apply(topo.adj, topo.adj_t, own, None).view(N, B, -1)
-        return _FirstLayer.apply(own, weight.index_select(1, own_cols), shared)
+        # ReLU in place (no second [N, B, H] tensor): _FirstLayer keeps its input for backward, not its output.
+        return torch.relu_(_FirstLayer.apply(own, weight.index_select(1, own_cols), shared))
 
     def _fast_forward(self, obs: dict[str, torch.Tensor], topo: _Topology) -> torch.Tensor:
         """The shared-graph path: node-major activations [N, B, H], so each layer is one sparse matmul."""
         x = obs["x"]
         B, N, F = x.shape
-        h = self.act(self._first_layer(x, topo))  # [N, B, H]
-        for conv in self.convs[1:]:
-            h = self.act(_Aggregate.apply(topo.adj, topo.adj_t, conv.lin(h).view(N, -1), conv.bias).view(N, B, -1))
+        h = self._first_layer(x, topo)  # [N, B, H], after the ReLU
+        for conv in self.convs[1:]:  # ReLU in place as above (_Aggregate keeps nothing of its output), before the
+            # view: in place on a view would make autograd copy the whole tensor back (CopySlices)
+            h = torch.relu_(_Aggregate.apply(topo.adj, topo.adj_t, conv.lin(h).view(N, -1), conv.bias)).view(N, B, -1)
         if not topo.all_real:
             h = h * topo.node_mask.view(N, 1, 1)
         H = h.shape[-1]

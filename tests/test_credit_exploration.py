@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -84,3 +85,25 @@ def test_amc_settings_search_resumes_and_old_folders_still_match(tmp_path):
     recorded = {k: v for k, v in old.identity().items() if k not in ("credit", "exploration", "actor_lr")}
     assert old.same_run(json.loads(json.dumps(recorded)))
     assert not config.same_run(recorded)
+
+
+def test_static_keys_come_as_one_row_and_a_changed_graph_stops_that():
+    env = tiny_env()
+    T = env.num_decisions
+    buffer = AMCReplayBuffer(4 * T, env.observation_space, env.action_space)
+    _fill(buffer, env, 2, T, np.random.default_rng(2))
+    data = buffer.sample(8)
+    first = env.trajectory(np.ones((T, 1)))[0]
+    for key in ("edge_index", "edge_mask", "node_mask", "node_decision"):
+        for obs in (data.observations, data.next_observations):
+            assert obs[key].stride(0) == 0 and obs[key].dtype == torch.float32
+            assert torch.equal(obs[key][3], torch.as_tensor(first[key], dtype=torch.float32))
+    assert data.observations["x"].stride(0) != 0  # per-transition keys are gathered as SB3 does
+    obs = {k: v[None] for k, v in first.items()}
+    other = {**obs, "edge_mask": obs["edge_mask"].copy()}
+    other["edge_mask"][0, 0] = 0.0
+    buffer.add(obs, other, np.zeros((1, 1), np.float32), np.zeros(1, np.float32), np.array([False]), [{}])
+    data = buffer.sample(4 * T)
+    assert data.next_observations["edge_mask"].stride(0) != 0 and data.observations["edge_index"].stride(0) == 0
+    assert set(torch.unique(data.next_observations["edge_mask"][:, 0]).tolist()) <= {0.0, 1.0}
+

@@ -27,6 +27,8 @@ import torch
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.sac.policies import MultiInputPolicy as SACMultiInputPolicy
 
 from agents.extractors import EMBEDDINGS
 from agents.noise import SCALED_FLOOR, AMCNoise, TruncatedNormalExploration, scaled_decay
@@ -56,8 +58,32 @@ class AMCTD3(ActorLearningRate, TruncatedNormalExploration, TD3):
     """SB3 TD3 exploring with AMC's truncated normal."""
 
 
+class ActorLossCritic(ContinuousCritic):
+    """SB3's critic, but when the actions carry a gradient (SAC's actor loss calls the critic with the policy's
+    actions; its own loss with the batch's) the features extractor runs without autograd. Gradients of the actor
+    loss reach the critic's parameters only to be discarded (the critic's optimizer zeroes them before its next
+    step), so backpropagating them through the graph encoder was wasted; SB3's DDPG/TD3 ``q1_forward`` already
+    computes the actor loss's features the same way. The actor's gradient is unchanged."""
+
+    def forward(self, obs, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.share_features_extractor or not actions.requires_grad:
+            return super().forward(obs, actions)
+        with torch.no_grad():
+            features = self.extract_features(obs, self.features_extractor)
+        qvalue_input = torch.cat([features, actions], dim=1)
+        return tuple(q_net(qvalue_input) for q_net in self.q_networks)
+
+
+class AMCSACPolicy(SACMultiInputPolicy):
+    """SAC's policy for Dict observations with :class:`ActorLossCritic` as critic (and target critic)."""
+
+    def make_critic(self, features_extractor=None) -> ContinuousCritic:
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
+        return ActorLossCritic(**critic_kwargs).to(self.device)
+
+
 class AMCSAC(ActorLearningRate, SAC):
-    """SB3 SAC (its own entropy-driven exploration)."""
+    """SB3 SAC (its own entropy-driven exploration) with :class:`AMCSACPolicy`."""
 
 
 ALGORITHMS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": AMCDDPG, "td3": AMCTD3, "sac": AMCSAC}
@@ -158,6 +184,6 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
         decay = 0.95 if exploration == "amc" else scaled_decay(episodes - warmup)
         floor = 0.0 if exploration == "amc" else SCALED_FLOOR
         options["action_noise"] = AMCNoise(sigma=1.0, decay=decay, warmup_episodes=warmup, seed=seed, floor=floor)
-    model = cls("MultiInputPolicy", env, **options)
+    model = cls(AMCSACPolicy if algo == "sac" else "MultiInputPolicy", env, **options)
     model.actor_lr = actor_lr
     return model

@@ -107,3 +107,22 @@ def test_static_keys_come_as_one_row_and_a_changed_graph_stops_that():
     assert data.next_observations["edge_mask"].stride(0) != 0 and data.observations["edge_index"].stride(0) == 0
     assert set(torch.unique(data.next_observations["edge_mask"][:, 0]).tolist()) <= {0.0, 1.0}
 
+
+def test_sac_actor_loss_skips_the_critic_encoder_backward_with_the_same_actor_gradient():
+    model = make_agent("sac", DummyVecEnv([tiny_env]), episodes=4, warmup=1)
+    assert model.critic.features_extractor is not model.actor.features_extractor
+    env = model.env.envs[0]
+    T = env.unwrapped.num_decisions
+    _fill(model.replay_buffer, env.unwrapped, 2, T, np.random.default_rng(3))
+    obs = model.replay_buffer.sample(8).observations
+    grads = []
+    for forward in (model.critic.forward, lambda o, a: super(type(model.critic), model.critic).forward(o, a)):
+        model.actor.zero_grad(), model.critic.zero_grad()
+        torch.manual_seed(0)
+        actions, _ = model.actor.action_log_prob(obs)
+        torch.cat(forward(obs, actions), 1).min(1).values.mean().backward()
+        grads.append(([p.grad.clone() for p in model.actor.parameters()],
+                      [p.grad for p in model.critic.features_extractor.parameters()]))
+    (actor_new, critic_enc_new), (actor_sb3, critic_enc_sb3) = grads
+    assert all(torch.equal(a, b) for a, b in zip(actor_new, actor_sb3))
+    assert all(g is None for g in critic_enc_new) and any(g is not None for g in critic_enc_sb3)

@@ -178,7 +178,7 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
         batch_size=batch_size, tau=0.01, gamma=1.0, train_freq=(1, "episode"), gradient_steps=-1,
         policy_kwargs=policy_kwargs, seed=seed, device=device, verbose=verbose, tensorboard_log=tensorboard_log,
     )
-    options["replay_buffer_class"] = AMCReplayBuffer  # with credit="terminal", no baseline: SB3's, plus the shared graph
+    options["replay_buffer_class"] = AMCReplayBuffer  # credit="terminal", no baseline: SB3's + the shared graph
     options["replay_buffer_kwargs"] = {"credit": credit, "baseline": reward_baseline}
     if algo in ("ddpg", "td3"):
         decay = 0.95 if exploration == "amc" else scaled_decay(episodes - warmup)

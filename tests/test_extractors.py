@@ -100,6 +100,8 @@ def test_fast_path_equals_pyg_path(kwargs, padded):
     obs = _batch(high, low, first, high)
     (fast, fast_grads), (generic, generic_grads) = _fast_and_generic(ext, obs)
     assert ext._topology is not None and ext._topology.all_real != padded  # the fast path ran
+    # layer 1 split by nodes: some constant across the batch, some not
+    assert any(len(s.var) and len(s.const) for s in ext._topology._splits.values())
     assert torch.allclose(fast, generic, atol=1e-5)
     for a, b in zip(fast_grads, generic_grads):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)

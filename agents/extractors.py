@@ -49,24 +49,25 @@ def _rows_equal(t: torch.Tensor) -> bool:
 
 
 class _SharedColumns:
-    """The feature columns of ``x`` that are equal in every row of its batch, for the last ``x`` seen by any
+    """Which parts of ``x`` [B, N, F] are equal in every row of its batch, for the last ``x`` seen by any
     extractor: in one SB3 gradient step actor, critic and their targets receive the same two batch tensors
     (observations, next observations) five times, so the [B, N, F] comparison runs twice, not five times.
     The cache keeps ``x`` alive and checks its version, so a tensor changed in place is compared again."""
 
     _x: torch.Tensor | None = None
     _version = -1
-    _columns: tuple[torch.Tensor, torch.Tensor] | None = None
+    _split: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def of(cls, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(shared column indices, per-sample column indices)."""
+    def of(cls, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(shared column indices, per-sample column indices, [N] bool: the node's per-sample columns are
+        equal in every row)."""
         if x is not cls._x or x._version != cls._version:
-            same = (x == x[:1]).all(0).all(0) if x.shape[0] > 1 else torch.ones(x.shape[2], dtype=torch.bool,
-                                                                                   device=x.device)
+            same = (x == x[:1]).all(0)  # [N, F]
+            own = (~same.all(0)).nonzero().view(-1)
             cls._x, cls._version = x, x._version
-            cls._columns = same.nonzero().view(-1), (~same).nonzero().view(-1)
-        return cls._columns
+            cls._split = (same.all(0).nonzero().view(-1), own, same.index_select(1, own).all(1))
+        return cls._split
 
 
 def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -163,6 +164,10 @@ class _Topology:
     def matches(self, obs: dict[str, torch.Tensor]) -> bool:
         return all(torch.equal(obs[k][0], v) for k, v in self.key.items())
 
+    def reaches_only(self, same: torch.Tensor) -> torch.Tensor:
+        """[N] bool: every node of the node's neighbourhood in Â (itself included) has ``same`` set."""
+        return (self.adj @ (~same).to(self.adj.dtype).unsqueeze(1)).squeeze(1) == 0
+
     def split(self, constant: torch.Tensor) -> _NodeSplit:
         """The column blocks of Â for a node split (constant [N] bool), cached: the split is the same for
         almost every batch (the nodes no decision reaches in one hop)."""
@@ -244,7 +249,7 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         conv = self.convs[0]
         B, N, _ = x.shape
         weight = conv.lin.weight  # [H, F]
-        shared_cols, own_cols = _SharedColumns.of(x)
+        shared_cols, own_cols, _ = _SharedColumns.of(x)
         shared = conv.bias.view(1, -1).expand(N, -1) if conv.bias is not None else x.new_zeros(N, weight.shape[0])
         if len(shared_cols):
             part = _Aggregate.apply(topo.adj, topo.adj_t, x[0].index_select(1, shared_cols), None)
@@ -255,16 +260,16 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         own = _Aggregate.apply(topo.adj, topo.adj_t, own, None).view(N, B, -1)
         return shared, own, weight.index_select(1, own_cols)
 
-    def _layers_1_2(self, shared: torch.Tensor, own: torch.Tensor, w_own: torch.Tensor,
+    def _layers_1_2(self, x: torch.Tensor, shared: torch.Tensor, own: torch.Tensor, w_own: torch.Tensor,
                     topo: _Topology) -> torch.Tensor:
-        """Layers 1 and 2 with their ReLUs → [N, B, H]. Nodes whose ``own`` inputs are equal in every row
-        (those no decision reaches in one hop: 63 of ResNet-56's 225) have one layer-1 output for the whole
+        """Layers 1 and 2 with their ReLUs → [N, B, H]. Nodes whose one-hop neighbourhood has its per-sample
+        features equal in every row, so ``own`` too (those no decision reaches in one hop: 63 of ResNet-56's 225) have one layer-1 output for the whole
         batch, so layer 2's dense product H₁ W₂ᵀ — the largest matmul, forward and backward — runs on the
         other nodes only, and the constant nodes enter layer 2 as a per-node bias Â[:, const] (H₁ W₂ᵀ)[const].
         Same function as Â (H₁ W₂ᵀ) + b₂ over all nodes."""
         conv = self.convs[1]
         N, B, _ = own.shape
-        split = topo.split((own == own[:, :1]).all(2).all(1))
+        split = topo.split(topo.reaches_only(_SharedColumns.of(x)[2]))
         node_bias = conv.bias.view(1, -1).expand(N, -1) if conv.bias is not None else own.new_zeros(N, w_own.shape[0])
         if len(split.const):
             h_const = torch.relu(shared[split.const] + own[split.const, 0] @ w_own.t())  # [N_const, H]
@@ -286,7 +291,7 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         elif len(self.convs) == 1:
             return torch.relu_(_FirstLayer.apply(own, w_own, shared))
         else:
-            h, rest = self._layers_1_2(shared, own, w_own, topo), self.convs[2:]
+            h, rest = self._layers_1_2(x, shared, own, w_own, topo), self.convs[2:]
         for conv in rest:
             h = torch.relu_(_Aggregate.apply(topo.adj, topo.adj_t, conv.lin(h).view(N, -1), conv.bias)).view(N, B, -1)
         return h

@@ -140,10 +140,10 @@ def test_expanded_static_keys_take_the_fast_path_with_the_same_result_and_gradie
 def test_shared_columns_follow_the_tensor_and_its_version():
     first, high, low = _two_states()
     x = _batch(high, high)["x"]
-    shared, own = _SharedColumns.of(x)
-    assert len(own) == 0 and len(shared) == x.shape[2]
+    shared, own, nodes = _SharedColumns.of(x)
+    assert len(own) == 0 and len(shared) == x.shape[2] and nodes.all()
     x[1, 0, 2] += 0.5  # in place: the cached answer must not be reused
-    shared, own = _SharedColumns.of(x)
-    assert own.tolist() == [2]
+    shared, own, nodes = _SharedColumns.of(x)
+    assert own.tolist() == [2] and (~nodes).nonzero().view(-1).tolist() == [0]
     other = _batch(high, low)["x"]
     assert len(_SharedColumns.of(other)[1]) > 0

@@ -27,6 +27,8 @@ import torch
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.sac.policies import MultiInputPolicy as SACMultiInputPolicy
 
 from agents.extractors import EMBEDDINGS
 from agents.noise import SCALED_FLOOR, AMCNoise, TruncatedNormalExploration, scaled_decay
@@ -56,8 +58,32 @@ class AMCTD3(ActorLearningRate, TruncatedNormalExploration, TD3):
     """SB3 TD3 exploring with AMC's truncated normal."""
 
 
+class ActorLossCritic(ContinuousCritic):
+    """SB3's critic, but when the actions carry a gradient (SAC's actor loss calls the critic with the policy's
+    actions; its own loss with the batch's) the features extractor runs without autograd. Gradients of the actor
+    loss reach the critic's parameters only to be discarded (the critic's optimizer zeroes them before its next
+    step), so backpropagating them through the graph encoder was wasted; SB3's DDPG/TD3 ``q1_forward`` already
+    computes the actor loss's features the same way. The actor's gradient is unchanged."""
+
+    def forward(self, obs, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.share_features_extractor or not actions.requires_grad:
+            return super().forward(obs, actions)
+        with torch.no_grad():
+            features = self.extract_features(obs, self.features_extractor)
+        qvalue_input = torch.cat([features, actions], dim=1)
+        return tuple(q_net(qvalue_input) for q_net in self.q_networks)
+
+
+class AMCSACPolicy(SACMultiInputPolicy):
+    """SAC's policy for Dict observations with :class:`ActorLossCritic` as critic (and target critic)."""
+
+    def make_critic(self, features_extractor=None) -> ContinuousCritic:
+        critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
+        return ActorLossCritic(**critic_kwargs).to(self.device)
+
+
 class AMCSAC(ActorLearningRate, SAC):
-    """SB3 SAC (its own entropy-driven exploration)."""
+    """SB3 SAC (its own entropy-driven exploration) with :class:`AMCSACPolicy`."""
 
 
 ALGORITHMS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": AMCDDPG, "td3": AMCTD3, "sac": AMCSAC}
@@ -68,7 +94,12 @@ class AMCReplayBuffer(DictReplayBuffer):
 
     ``credit="episode"``: when an episode's last transition arrives, the rewards of all its transitions are
     set to its final reward. ``baseline=True``: a moving average of the rewarded transitions' rewards in each
-    sampled batch is subtracted from them."""
+    sampled batch is subtracted from them.
+
+    Observation keys that have been the same in every transition so far (the graph: edge_index, edge_mask,
+    node_mask, node_decision) are handed over as one float32 row expanded to the batch (batch-stride 0, the
+    dtype SB3's preprocessing converts Box observations to anyway), so the graph extractor sees that the whole
+    batch shares one topology without comparing rows."""
 
     def __init__(self, *args: Any, credit: str = "terminal", baseline: bool = False, baseline_rate: float = 0.5,
                  **kwargs: Any) -> None:
@@ -78,9 +109,13 @@ class AMCReplayBuffer(DictReplayBuffer):
         self.credit, self.use_baseline, self.baseline_rate = credit, baseline, baseline_rate
         self.baseline: float | None = None
         self._episode_len = 0
+        self._static: dict[str, np.ndarray] | None = None  # key → its value in every transition so far
+        self._static_rows: dict[str, torch.Tensor] = {}
 
     def add(self, obs, next_obs, action, reward, done, infos) -> None:
         super().add(obs, next_obs, action, reward, done, infos)
+        self._track_static(obs)
+        self._track_static(next_obs)
         self._episode_len += 1
         if bool(np.asarray(done).reshape(-1)[0]):
             if self.credit == "episode":  # the episode's transitions, newest first, around the ring buffer
@@ -88,8 +123,25 @@ class AMCReplayBuffer(DictReplayBuffer):
                 self.rewards[idx] = np.asarray(reward, dtype=np.float32).reshape(-1)[0]
             self._episode_len = 0
 
+    def _track_static(self, obs: dict[str, np.ndarray]) -> None:
+        """Drop the keys whose value in ``obs`` (rows: envs) differs from the one seen so far."""
+        if self._static is None:
+            self._static = {k: np.array(v[0]) for k, v in obs.items()}
+        for k in [k for k, v in self._static.items() if not (obs[k] == v).all()]:
+            del self._static[k]
+            self._static_rows.pop(k, None)
+
+    def _share_static(self, obs: dict[str, torch.Tensor]) -> None:
+        for k, value in (self._static or {}).items():
+            if k not in self._static_rows:
+                self._static_rows[k] = torch.as_tensor(value, dtype=torch.float32, device=self.device)
+            obs[k] = self._static_rows[k].expand(len(obs[k]), *value.shape)
+
     def sample(self, batch_size: int, env=None):
         data = super().sample(batch_size, env)
+        if env is None:  # no VecNormalize: the stored values are what the policy sees
+            self._share_static(data.observations)
+            self._share_static(data.next_observations)
         if not self.use_baseline:
             return data
         rewarded = data.dones > 0.5 if self.credit == "terminal" else torch.ones_like(data.dones, dtype=torch.bool)
@@ -126,13 +178,12 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
         batch_size=batch_size, tau=0.01, gamma=1.0, train_freq=(1, "episode"), gradient_steps=-1,
         policy_kwargs=policy_kwargs, seed=seed, device=device, verbose=verbose, tensorboard_log=tensorboard_log,
     )
-    if reward_baseline or credit != "terminal":
-        options["replay_buffer_class"] = AMCReplayBuffer
-        options["replay_buffer_kwargs"] = {"credit": credit, "baseline": reward_baseline}
+    options["replay_buffer_class"] = AMCReplayBuffer  # credit="terminal", no baseline: SB3's + the shared graph
+    options["replay_buffer_kwargs"] = {"credit": credit, "baseline": reward_baseline}
     if algo in ("ddpg", "td3"):
         decay = 0.95 if exploration == "amc" else scaled_decay(episodes - warmup)
         floor = 0.0 if exploration == "amc" else SCALED_FLOOR
         options["action_noise"] = AMCNoise(sigma=1.0, decay=decay, warmup_episodes=warmup, seed=seed, floor=floor)
-    model = cls("MultiInputPolicy", env, **options)
+    model = cls(AMCSACPolicy if algo == "sac" else "MultiInputPolicy", env, **options)
     model.actor_lr = actor_lr
     return model

@@ -17,7 +17,12 @@ it the normalised adjacency Â = D^-1/2 (A+I) D^-1/2 is built once (PyG's own ``
 topology) and each layer is ``Â @ (H W) + b`` for the whole batch at once — one sparse matmul on nodes ×
 (batch·features) instead of PyG's per-call normalisation and gather/scatter over B·E edges. The GCNConv
 modules (and so the state_dict) are the same; only the arithmetic's order differs (float noise). Batches
-with differing graphs, and the other layer types, take the generic PyG path.
+with differing graphs, and the other layer types, take the generic PyG path. The checks are cheap per call:
+the replay buffer (``agents.algorithms.AMCReplayBuffer``) hands the static keys over as one expanded row,
+which is equal across the batch by construction, and the split of x's columns into batch-constant and
+per-sample ones is computed once per batch tensor, not once per extractor call. Layer 1's output is also
+split by nodes: where it is the same in every row (nodes no decision reaches in one hop), layer 2's dense
+product with its weight is computed once for the batch (``_layers_1_2``).
 """
 from __future__ import annotations
 
@@ -35,6 +40,34 @@ from torch import nn  # noqa: E402
 
 CONV_LAYERS = {"gcn": gnn.GCNConv, "sage": gnn.SAGEConv, "graph": gnn.GraphConv, "gat": gnn.GATConv}
 DECODERS = ("none", "lstm")
+
+
+def _rows_equal(t: torch.Tensor) -> bool:
+    """Every row of the batch equals row 0. A batch-stride of 0 (the replay buffer hands static keys over as
+    one row expanded) says so without reading the data."""
+    return t.shape[0] == 1 or t.stride(0) == 0 or bool((t == t[:1]).all())
+
+
+class _SharedColumns:
+    """Which parts of ``x`` [B, N, F] are equal in every row of its batch, for the last ``x`` seen by any
+    extractor: in one SB3 gradient step actor, critic and their targets receive the same two batch tensors
+    (observations, next observations) five times, so the [B, N, F] comparison runs twice, not five times.
+    The cache keeps ``x`` alive and checks its version, so a tensor changed in place is compared again."""
+
+    _x: torch.Tensor | None = None
+    _version = -1
+    _split: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(shared column indices, per-sample column indices, [N] bool: the node's per-sample columns are
+        equal in every row)."""
+        if x is not cls._x or x._version != cls._version:
+            same = (x == x[:1]).all(0)  # [N, F]
+            own = (~same.all(0)).nonzero().view(-1)
+            cls._x, cls._version = x, x._version
+            cls._split = (same.all(0).nonzero().view(-1), own, same.index_select(1, own).all(1))
+        return cls._split
 
 
 def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -59,6 +92,24 @@ class _Aggregate(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         grad_x = ctx.a_t @ grad if ctx.needs_input_grad[2] else None
         grad_bias = grad.sum(0).view(-1, ctx.features).sum(0) if ctx.needs_input_grad[3] else None
+        return None, None, grad_x, grad_bias
+
+
+class _AggregateNodeBias(torch.autograd.Function):
+    """``a @ x + node_bias`` for a constant sparse ``a`` [N, M] (CSR), node-major ``x`` [M, B·H] and a
+    per-node bias [N, H] broadcast over the batch; ``a_t`` is the cached CSR transpose."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor, node_bias: torch.Tensor) -> torch.Tensor:
+        ctx.a_t, ctx.features = a_t, node_bias.shape[1]
+        out = a @ x
+        out.view(out.shape[0], -1, ctx.features).add_(node_bias.unsqueeze(1))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_x = ctx.a_t @ grad if ctx.needs_input_grad[2] else None
+        grad_bias = grad.view(grad.shape[0], -1, ctx.features).sum(1) if ctx.needs_input_grad[3] else None
         return None, None, grad_x, grad_bias
 
 
@@ -108,8 +159,44 @@ class _Topology:
             self.owner_t = (owner * self.node_mask.unsqueeze(-1)).t().contiguous()  # [T, N]
             self.owner_count = self.owner_t.sum(1).clamp_min(1.0).view(T, 1, 1)
 
+        self._splits: dict[bytes, _NodeSplit] = {}
+
     def matches(self, obs: dict[str, torch.Tensor]) -> bool:
         return all(torch.equal(obs[k][0], v) for k, v in self.key.items())
+
+    def reaches_only(self, same: torch.Tensor) -> torch.Tensor:
+        """[N] bool: every node of the node's neighbourhood in Â (itself included) has ``same`` set."""
+        return (self.adj @ (~same).to(self.adj.dtype).unsqueeze(1)).squeeze(1) == 0
+
+    def split(self, constant: torch.Tensor) -> _NodeSplit:
+        """The column blocks of Â for a node split (constant [N] bool), cached: the split is the same for
+        almost every batch (the nodes no decision reaches in one hop)."""
+        key = constant.cpu().numpy().tobytes()
+        if key not in self._splits:
+            if len(self._splits) >= 16:  # unusual batches: keep the cache small
+                self._splits.clear()
+            self._splits[key] = _NodeSplit(self.adj, constant)
+        return self._splits[key]
+
+
+class _NodeSplit:
+    """Nodes whose layer-1 output is the same in every row of the batch (``const``) and the others (``var``),
+    with Â's columns for each as sparse CSR matrices and their transposes (None when a block is empty)."""
+
+    def __init__(self, adj: torch.Tensor, constant: torch.Tensor) -> None:
+        self.var, self.const = (~constant).nonzero().view(-1), constant.nonzero().view(-1)
+        dense = adj.to_dense()
+        self.a_var, self.a_var_t = self._columns(dense, self.var)
+        self.a_const, self.a_const_t = self._columns(dense, self.const)
+
+    @staticmethod
+    def _columns(dense: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not len(idx):
+            return None, None
+        cols = dense.index_select(1, idx)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return cols.to_sparse_csr(), cols.t().contiguous().to_sparse_csr()
 
 
 class GraphEncoderExtractor(BaseFeaturesExtractor):
@@ -142,7 +229,7 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
     def _shared_topology(self, obs: dict[str, torch.Tensor]) -> _Topology | None:
         """The cached topology if every row of the batch has row 0's graph, else None (generic path)."""
         keys = ("edge_index", "edge_mask", "node_mask") + (("node_decision",) if self.decoder == "lstm" else ())
-        if any(obs[k].shape[0] > 1 and not bool((obs[k] == obs[k][:1]).all()) for k in keys):
+        if not all(_rows_equal(obs[k]) for k in keys):
             return None
         topo = self._topology
         if topo is None or topo.adj.device != obs["x"].device or topo.adj.dtype != obs["x"].dtype \
@@ -152,32 +239,68 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
                                                   self.num_decisions if self.decoder == "lstm" else None)
         return topo
 
-    def _first_layer(self, x: torch.Tensor, topo: _Topology) -> torch.Tensor:
-        """Layer 1 as (Â X) Wᵀ + b, split by feature columns: those equal in every row of the batch (the
-        op graph's static features) go through Â and W once for the whole batch, the others (keep ratios,
-        current decision) per sample. Same function as Â (X Wᵀ) + b; x needs no gradient, so Â X doesn't."""
+    def _layer1_inputs(self, x: torch.Tensor, topo: _Topology) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                          torch.Tensor]:
+        """Layer 1's pre-activation in two parts, split by feature columns. Those equal in every row of the
+        batch (the op graph's static features) go through Â and W once for the whole batch: ``shared`` [N, H],
+        bias included. The others (keep ratios, current decision) are aggregated per sample: ``own`` = Â X_own
+        [N, B, K] (None if there are none), with their weight columns ``w_own`` [H, K]. Layer 1 is
+        relu(shared + own w_ownᵀ), the same function as Â (X Wᵀ) + b; x needs no gradient, so Â X doesn't."""
         conv = self.convs[0]
-        B, N, F = x.shape
+        B, N, _ = x.shape
         weight = conv.lin.weight  # [H, F]
-        same = (x == x[:1]).all(0).all(0) if B > 1 else torch.ones(F, dtype=torch.bool, device=x.device)
-        shared_cols, own_cols = same.nonzero().view(-1), (~same).nonzero().view(-1)
+        shared_cols, own_cols, _ = _SharedColumns.of(x)
         shared = conv.bias.view(1, -1).expand(N, -1) if conv.bias is not None else x.new_zeros(N, weight.shape[0])
-        if len(shared_cols):  # [N, H], the same for every row of the batch
+        if len(shared_cols):
             part = _Aggregate.apply(topo.adj, topo.adj_t, x[0].index_select(1, shared_cols), None)
             shared = part @ weight.index_select(1, shared_cols).t() + shared
         if not len(own_cols):
-            return shared.unsqueeze(1).expand(N, B, -1)
-        own = x.index_select(2, own_cols).transpose(0, 1).reshape(N, -1)  # [N, B·F_own]
+            return shared, None, weight[:, :0]
+        own = x.index_select(2, own_cols).transpose(0, 1).reshape(N, -1)  # [N, B·K]
         own = _Aggregate.apply(topo.adj, topo.adj_t, own, None).view(N, B, -1)
-        return _FirstLayer.apply(own, weight.index_select(1, own_cols), shared)
+        return shared, own, weight.index_select(1, own_cols)
+
+    def _layers_1_2(self, x: torch.Tensor, shared: torch.Tensor, own: torch.Tensor, w_own: torch.Tensor,
+                    topo: _Topology) -> torch.Tensor:
+        """Layers 1 and 2 with their ReLUs → [N, B, H]. Nodes whose one-hop neighbourhood has its per-sample
+        features equal in every row, so ``own`` too (those no decision reaches in one hop: 63 of ResNet-56's 225) have one layer-1 output for the whole
+        batch, so layer 2's dense product H₁ W₂ᵀ — the largest matmul, forward and backward — runs on the
+        other nodes only, and the constant nodes enter layer 2 as a per-node bias Â[:, const] (H₁ W₂ᵀ)[const].
+        Same function as Â (H₁ W₂ᵀ) + b₂ over all nodes."""
+        conv = self.convs[1]
+        N, B, _ = own.shape
+        split = topo.split(topo.reaches_only(_SharedColumns.of(x)[2]))
+        node_bias = conv.bias.view(1, -1).expand(N, -1) if conv.bias is not None else own.new_zeros(N, w_own.shape[0])
+        if len(split.const):
+            h_const = torch.relu(shared[split.const] + own[split.const, 0] @ w_own.t())  # [N_const, H]
+            node_bias = _Aggregate.apply(split.a_const, split.a_const_t, conv.lin(h_const), None) + node_bias
+        if not len(split.var):
+            return torch.relu(node_bias).unsqueeze(1).expand(N, B, -1)
+        # ReLUs in place (no second [N, B, H] tensor): _FirstLayer keeps its input for backward, not its output,
+        # and _AggregateNodeBias nothing; before the view, as in place on a view autograd would copy it back.
+        h_var = torch.relu_(_FirstLayer.apply(own[split.var], w_own, shared[split.var]))
+        y = conv.lin(h_var).view(len(split.var), -1)
+        return torch.relu_(_AggregateNodeBias.apply(split.a_var, split.a_var_t, y, node_bias)).view(N, B, -1)
+
+    def _fast_layers(self, x: torch.Tensor, topo: _Topology) -> torch.Tensor:
+        """All graph layers with their ReLUs → node-major [N, B, H]; each layer is one sparse matmul."""
+        B, N, _ = x.shape
+        shared, own, w_own = self._layer1_inputs(x, topo)
+        if own is None:  # every row of the batch is the same state
+            h, rest = torch.relu(shared).unsqueeze(1).expand(N, B, -1), self.convs[1:]
+        elif len(self.convs) == 1:
+            return torch.relu_(_FirstLayer.apply(own, w_own, shared))
+        else:
+            h, rest = self._layers_1_2(x, shared, own, w_own, topo), self.convs[2:]
+        for conv in rest:
+            h = torch.relu_(_Aggregate.apply(topo.adj, topo.adj_t, conv.lin(h).view(N, -1), conv.bias)).view(N, B, -1)
+        return h
 
     def _fast_forward(self, obs: dict[str, torch.Tensor], topo: _Topology) -> torch.Tensor:
         """The shared-graph path: node-major activations [N, B, H], so each layer is one sparse matmul."""
         x = obs["x"]
         B, N, F = x.shape
-        h = self.act(self._first_layer(x, topo))  # [N, B, H]
-        for conv in self.convs[1:]:
-            h = self.act(_Aggregate.apply(topo.adj, topo.adj_t, conv.lin(h).view(N, -1), conv.bias).view(N, B, -1))
+        h = self._fast_layers(x, topo)
         if not topo.all_real:
             h = h * topo.node_mask.view(N, 1, 1)
         H = h.shape[-1]

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -84,3 +85,44 @@ def test_amc_settings_search_resumes_and_old_folders_still_match(tmp_path):
     recorded = {k: v for k, v in old.identity().items() if k not in ("credit", "exploration", "actor_lr")}
     assert old.same_run(json.loads(json.dumps(recorded)))
     assert not config.same_run(recorded)
+
+
+def test_static_keys_come_as_one_row_and_a_changed_graph_stops_that():
+    env = tiny_env()
+    T = env.num_decisions
+    buffer = AMCReplayBuffer(4 * T, env.observation_space, env.action_space)
+    _fill(buffer, env, 2, T, np.random.default_rng(2))
+    data = buffer.sample(8)
+    first = env.trajectory(np.ones((T, 1)))[0]
+    for key in ("edge_index", "edge_mask", "node_mask", "node_decision"):
+        for obs in (data.observations, data.next_observations):
+            assert obs[key].stride(0) == 0 and obs[key].dtype == torch.float32
+            assert torch.equal(obs[key][3], torch.as_tensor(first[key], dtype=torch.float32))
+    assert data.observations["x"].stride(0) != 0  # per-transition keys are gathered as SB3 does
+    obs = {k: v[None] for k, v in first.items()}
+    other = {**obs, "edge_mask": obs["edge_mask"].copy()}
+    other["edge_mask"][0, 0] = 0.0
+    buffer.add(obs, other, np.zeros((1, 1), np.float32), np.zeros(1, np.float32), np.array([False]), [{}])
+    data = buffer.sample(4 * T)
+    assert data.next_observations["edge_mask"].stride(0) != 0 and data.observations["edge_index"].stride(0) == 0
+    assert set(torch.unique(data.next_observations["edge_mask"][:, 0]).tolist()) <= {0.0, 1.0}
+
+
+def test_sac_actor_loss_skips_the_critic_encoder_backward_with_the_same_actor_gradient():
+    model = make_agent("sac", DummyVecEnv([tiny_env]), episodes=4, warmup=1)
+    assert model.critic.features_extractor is not model.actor.features_extractor
+    env = model.env.envs[0]
+    T = env.unwrapped.num_decisions
+    _fill(model.replay_buffer, env.unwrapped, 2, T, np.random.default_rng(3))
+    obs = model.replay_buffer.sample(8).observations
+    grads = []
+    for forward in (model.critic.forward, lambda o, a: super(type(model.critic), model.critic).forward(o, a)):
+        model.actor.zero_grad(), model.critic.zero_grad()
+        torch.manual_seed(0)
+        actions, _ = model.actor.action_log_prob(obs)
+        torch.cat(forward(obs, actions), 1).min(1).values.mean().backward()
+        grads.append(([p.grad.clone() for p in model.actor.parameters()],
+                      [p.grad for p in model.critic.features_extractor.parameters()]))
+    (actor_new, critic_enc_new), (actor_sb3, critic_enc_sb3) = grads
+    assert all(torch.equal(a, b) for a, b in zip(actor_new, actor_sb3))
+    assert all(g is None for g in critic_enc_new) and any(g is not None for g in critic_enc_sb3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from stable_baselines3.common.preprocessing import preprocess_obs
 
-from agents.extractors import EMBEDDINGS, GraphEncoderExtractor, LayerFeatureExtractor
+from agents.extractors import EMBEDDINGS, GraphEncoderExtractor, LayerFeatureExtractor, _rows_equal, _SharedColumns
 from agmc_env.testing import tiny_env
 
 ENV = tiny_env(max_nodes=80, max_edges=100)
@@ -100,6 +100,8 @@ def test_fast_path_equals_pyg_path(kwargs, padded):
     obs = _batch(high, low, first, high)
     (fast, fast_grads), (generic, generic_grads) = _fast_and_generic(ext, obs)
     assert ext._topology is not None and ext._topology.all_real != padded  # the fast path ran
+    # layer 1 split by nodes: some constant across the batch, some not
+    assert any(len(s.var) and len(s.const) for s in ext._topology._splits.values())
     assert torch.allclose(fast, generic, atol=1e-5)
     for a, b in zip(fast_grads, generic_grads):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
@@ -120,3 +122,28 @@ def test_differing_graphs_take_the_pyg_path(kwargs):
         alone = ext(_batch(single))
         assert ext._topology.matches(_batch(single))
         assert torch.allclose(mixed[i], alone[0], atol=1e-5)
+
+
+def test_expanded_static_keys_take_the_fast_path_with_the_same_result_and_gradients():
+    torch.manual_seed(0)
+    ext = GraphEncoderExtractor(ENV.observation_space)
+    first, high, low = _two_states()
+    obs = _batch(high, low, first)
+    expanded = {k: v[:1].expand_as(v) if k in ("edge_index", "edge_mask", "node_mask", "node_decision") else v
+                for k, v in obs.items()}  # as AMCReplayBuffer hands the graph over
+    assert _rows_equal(expanded["edge_index"]) and expanded["edge_index"].stride(0) == 0
+    (fast, fast_grads), (generic, generic_grads) = _fast_and_generic(ext, expanded)
+    assert torch.allclose(fast, generic, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(fast_grads, generic_grads))
+
+
+def test_shared_columns_follow_the_tensor_and_its_version():
+    first, high, low = _two_states()
+    x = _batch(high, high)["x"]
+    shared, own, nodes = _SharedColumns.of(x)
+    assert len(own) == 0 and len(shared) == x.shape[2] and nodes.all()
+    x[1, 0, 2] += 0.5  # in place: the cached answer must not be reused
+    shared, own, nodes = _SharedColumns.of(x)
+    assert own.tolist() == [2] and (~nodes).nonzero().view(-1).tolist() == [0]
+    other = _batch(high, low)["x"]
+    assert len(_SharedColumns.of(other)[1]) > 0

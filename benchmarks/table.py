@@ -134,8 +134,10 @@ def machine() -> dict[str, Any]:
     """What a run ran on, written beside it: tables may mix machines, and timings only compare on one."""
     import torch
 
+    from benchmarks.step_speed import cpu_capability, cpu_name
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"device": gpu or f"{platform.machine()} CPU", "cpu_count": os.cpu_count(), "torch": torch.__version__,
+    return {"device": gpu or f"{cpu_name()} ({cpu_capability()})", "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
 
 
@@ -350,6 +352,7 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 
 def render(config: GridConfig, argv: list[str]) -> None:
     from agmc_env.options import BY_NAME
+    from benchmarks.step_speed import cpu_capability, cpu_name
 
     def option(name: str) -> Any:
         return config.env_kwargs.get(name, BY_NAME[name].default)
@@ -378,7 +381,7 @@ def render(config: GridConfig, argv: list[str]) -> None:
         f"Regenerate: `AGMC_DATA_DIR=../shared/data/cifar10 AGMC_WEIGHTS_DIR=../shared/weights python -m benchmarks.table {config.name}`"
         " (Ray Tune trials: `--cpus-per-run C --gpus-per-run G` per run, `--address` for a cluster)  ",
         f"This render: `python -m benchmarks.table {' '.join(argv)}`, {datetime.datetime.now().isoformat(timespec='seconds')}  ",
-        f"Rendered on: {platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, Python {platform.python_version()}  ",
+        f"Rendered on: {cpu_name()} ({cpu_capability()}, {os.cpu_count()} cores), torch {torch.__version__}, Python {platform.python_version()}  ",
         "Runs ran on: " + "; ".join(f"{label} ({n} runs)" for label, n in
                                     sorted(Counter(r["machine"] for r in rows).items())) + " (search time compares only within one machine)  ",
         f"Checkpoint: `{Path(weights).name}`; data: `$AGMC_DATA_DIR` = CIFAR-10 JPEG-derived copy (see ../shared/data/cifar10/README.md)  ",

@@ -263,9 +263,10 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
     def _layers_1_2(self, x: torch.Tensor, shared: torch.Tensor, own: torch.Tensor, w_own: torch.Tensor,
                     topo: _Topology) -> torch.Tensor:
         """Layers 1 and 2 with their ReLUs → [N, B, H]. Nodes whose one-hop neighbourhood has its per-sample
-        features equal in every row, so ``own`` too (those no decision reaches in one hop: 63 of ResNet-56's 225) have one layer-1 output for the whole
-        batch, so layer 2's dense product H₁ W₂ᵀ — the largest matmul, forward and backward — runs on the
-        other nodes only, and the constant nodes enter layer 2 as a per-node bias Â[:, const] (H₁ W₂ᵀ)[const].
+        features equal in every row, so ``own`` too (those no decision reaches in one hop: 63 of ResNet-56's
+        225), have one layer-1 output for the whole batch, so layer 2's dense product H₁ W₂ᵀ — the largest
+        matmul, forward and backward — runs on the other nodes only, and the constant nodes enter layer 2 as a
+        per-node bias Â[:, const] (H₁ W₂ᵀ)[const].
         Same function as Â (H₁ W₂ᵀ) + b₂ over all nodes."""
         conv = self.convs[1]
         N, B, _ = own.shape

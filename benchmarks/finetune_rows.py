@@ -25,9 +25,13 @@ class FinetuneRow:
     repair: str  # the start's weights: "lstsq" (repaired) or "none"
     distill: bool
 
+    @property
+    def start_name(self) -> str:
+        """The start checkpoint's file name: one per policy and start weights, shared by both distillations."""
+        return f"{self.policy.replace(' ', '-')}-{self.repair}"
+
     def folder(self, root: Path, epochs: int) -> Path:
-        name = self.policy.replace(" ", "-")
-        return root / f"{name}-{self.repair}{'-distill' if self.distill else ''}-e{epochs}"
+        return root / f"{self.start_name}{'-distill' if self.distill else ''}-e{epochs}"
 
 
 def planned(policies: tuple[str, ...]) -> list[FinetuneRow]:
@@ -68,8 +72,7 @@ def run(row: FinetuneRow, source: Path, root: Path, epochs: int, log=print) -> N
     out = row.folder(root, epochs)
     if (out / "finetuned.pt").exists():
         return
-    start = start_checkpoint(source, row.repair, root / "starts" / f"{row.policy.replace(' ', '-')}-{row.repair}.pt",
-                             log)
+    start = start_checkpoint(source, row.repair, root / "starts" / f"{row.start_name}.pt", log)
     log(f"fine-tuning {row} from {source.name} for {epochs} epochs → {out}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "source.json").write_text(json.dumps({"run": str(source)}))

@@ -18,14 +18,14 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks import grid
-from benchmarks.table import RESULTS, RUNS, GridConfig, preset
+from benchmarks.step_speed import cpu_capability, cpu_name
+from benchmarks.table import RESULTS, RUNS, GridConfig, _finished, preset
 
 WARMUP_FRACTIONS = (0.05, 0.1, 0.2)  # of the episodes; AMC's 100 of 400 is 0.25, the presets' 25 of 300 ≈ 0.08
 ACTOR_LR = (1e-5, 1e-3)  # log-uniform; the critic's rate is 1e-3
@@ -68,13 +68,6 @@ def sample_dir(sweep: Sweep, params: dict[str, Any]) -> Path:
     identity = json.dumps(search_config(sweep, params).identity(), sort_keys=True)
     digest = hashlib.sha1(identity.encode()).hexdigest()[:10]
     return Path(sweep.runs) / f"sweep-{sweep.grid_config.name}" / f"{sweep.algo}-{sweep.embedding}-{digest}"
-
-
-def _finished(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "run.json").read_text()).get("finished", False)
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def _trial(params: dict[str, Any], *, sweep: Sweep, cpus: float) -> None:
@@ -133,7 +126,8 @@ def write(sweep: Sweep, rows: list[dict[str, Any]], results: Path, argv: list[st
     c = sweep.grid_config
     lines = [f"# Search settings sweep: {c.name} ({c.env_id}), {sweep.algo} + {sweep.embedding}", "",
              f"Command: `python -m benchmarks.sweep {' '.join(argv)}`, {datetime.datetime.now():%Y-%m-%dT%H:%M:%S}  ",
-             f"Machine: {platform.machine()} CPU ({os.cpu_count()} cores) driving Ray, torch {torch.__version__}  ",
+             f"Machine: {cpu_name()} ({cpu_capability()}, {os.cpu_count()} cores) driving Ray, "
+             f"torch {torch.__version__}  ",
              f"Protocol: samples drawn at random (sampler seed {sweep.seed}) — exploration ∈ {{amc, scaled}}, actor lr "
              f"log-uniform in [{ACTOR_LR[0]:g}, {ACTOR_LR[1]:g}], warm-up ∈ {WARMUP_FRACTIONS} × episodes, credit ∈ "
              "{episode, terminal}, reward baseline on/off; each a "

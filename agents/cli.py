@@ -149,6 +149,8 @@ def _parser() -> argparse.ArgumentParser:
                         "alpha*T^2*KL(softmax(teacher/T) || softmax(student/T))")
     f.add_argument("--temperature", type=float, default=4.0, help="distillation temperature T (default 4)")
     f.add_argument("--alpha", type=float, default=0.9, help="distillation weight alpha (default 0.9)")
+    f.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"),
+                   help="bf16 autocast for training: auto = where the device has native bf16 (default)")
     f.add_argument("--no-progress", action="store_true")
     f.add_argument("--out", required=True, help="output folder; the same command again resumes an interrupted run "
                    "after its last finished epoch")
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
             finetune(args.checkpoint, args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                      weight_decay=args.weight_decay, seed=args.seed, device=args.device, data_dir=args.data_dir,
-                     distill=args.distill, temperature=args.temperature, alpha=args.alpha,
+                     distill=args.distill, temperature=args.temperature, alpha=args.alpha, amp=args.amp,
                      progress=not args.no_progress)
     except (RunError, CheckpointFileError, CheckpointError, DataError, TraceError, ValueError, TypeError) as exc:
         print(f"agmc {args.command}: error: {exc}", file=sys.stderr)

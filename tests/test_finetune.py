@@ -71,3 +71,13 @@ def test_killed_finetune_resumes_after_its_last_epoch(checkpoint, tmp_path, monk
     assert len((cut / "finetune.csv").read_text().splitlines()) == 3  # header + 2 epochs
     with pytest.raises(RunError, match="epochs"):
         ft.finetune(checkpoint, cut, epochs=3, distill=True, **QUICK)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "off"])
+def test_amp_is_a_recorded_setting_and_bad_values_are_refused(checkpoint, tmp_path, amp):
+    result = ft.finetune(checkpoint, tmp_path / amp, epochs=1, amp=amp, **QUICK)
+    assert result["finetune"]["amp"] == amp and 0 <= result["finetune"]["test_accuracy"] <= 1
+    with pytest.raises(RunError, match="amp"):  # resuming with another precision would mix two runs
+        ft.finetune(checkpoint, tmp_path / amp, epochs=1, amp="off" if amp == "bf16" else "bf16", **QUICK)
+    with pytest.raises(ValueError, match="choose one of"):
+        ft.finetune(checkpoint, tmp_path / "bad", epochs=1, amp="fp16", **QUICK)

@@ -1,18 +1,19 @@
 """The hot path of every episode: BatchNorm recalibration and top-1 / top-5 accuracy of a pruned model.
 
 Images live on the evaluation device as normalised channels_last tensors, loaded once. Scoring runs
-under ``torch.inference_mode`` with BatchNorm folded into the preceding convolutions, channels_last,
-and bf16 autocast where it is allowed (always on CUDA; on CPU only if the CPU has native bf16 and the
+under ``torch.inference_mode`` on the network's scoring copy (``agmc_env.inference``: BatchNorm folded into
+the preceding convolutions, channels_last, on CPU in float32 conv + ReLU (+ add) as one oneDNN call), with
+bf16 autocast where it is allowed (always on CUDA; on CPU only if the CPU has native bf16 and the
 unpruned model's reward-split accuracy stays within ``BF16_TOLERANCE`` of float32).
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 
 import torch
 from torch import nn
-from torch.fx.experimental.optimization import fuse
+
+from agmc_env.inference import InferenceGraph
 
 AMP_CHOICES = ("auto", "bf16", "off")
 BF16_TOLERANCE = 0.002  # accuracy as a fraction: 0.2 points
@@ -55,6 +56,12 @@ class Evaluator:
         self.amp = amp
         self.dtype: torch.dtype | None = torch.bfloat16 if amp == "bf16" else None
         self.amp_check: dict[str, float] = {}
+        self._graphs: dict[torch.dtype | None, InferenceGraph] = {}  # per precision: fused ops are fp32-only
+
+    def _inference(self, dtype: torch.dtype | None) -> InferenceGraph:
+        if dtype not in self._graphs:
+            self._graphs[dtype] = InferenceGraph.for_device(self.device, dtype)
+        return self._graphs[dtype]
 
     def choose_precision(self, model: nn.Module) -> None:
         """Resolve ``amp="auto"``: bf16 on CUDA; on CPU only if it costs ≤ 0.2 pt on the unpruned model."""
@@ -106,8 +113,7 @@ class Evaluator:
         labels = self.labels if labels is None else labels
         dtype = self.dtype if dtype == "default" else dtype
         model.eval()
-        fast = fuse(copy.deepcopy(model), inplace=True, no_trace=isinstance(model, torch.fx.GraphModule))
-        fast = fast.to(memory_format=torch.channels_last)
+        fast = self._inference(dtype)(model, images[:1])
         correct = torch.zeros(2, dtype=torch.long, device=self.device)
         with torch.inference_mode(), self._autocast(dtype):
             for start in range(0, len(images), self.batch_size):

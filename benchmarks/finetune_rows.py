@@ -30,8 +30,13 @@ class FinetuneRow:
         """The start checkpoint's file name: one per policy and start weights, shared by both distillations."""
         return f"{self.policy.replace(' ', '-')}-{self.repair}"
 
+    @property
+    def name(self) -> str:
+        """The row's name on the command line (``--finetune-rows``) and its folder's stem."""
+        return f"{self.start_name}{'-distill' if self.distill else ''}"
+
     def folder(self, root: Path, epochs: int) -> Path:
-        return root / f"{self.start_name}{'-distill' if self.distill else ''}-e{epochs}"
+        return root / f"{self.name}-e{epochs}"
 
 
 def planned(policies: tuple[str, ...]) -> list[FinetuneRow]:

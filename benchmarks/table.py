@@ -180,7 +180,7 @@ def _machines(folder: Path) -> list[dict[str, Any]]:
 
 def _pending(config: GridConfig, only: set[str] | None) -> list[tuple[Method, int]]:
     return [(m, s) for m, s in runs_of(config)
-            if (not only or m.name in only) and not _finished(run_dir(config, m, s))]
+            if (only is None or m.name in only) and not _finished(run_dir(config, m, s))]
 
 
 def method_named(name: str) -> Method:
@@ -189,9 +189,10 @@ def method_named(name: str) -> Method:
 
 def execute(config: GridConfig, finetune: bool = True, only: set[str] | None = None, *, sequential: bool = False,
             address: str | None = None, cpus_per_run: float | None = None, gpus_per_run: float = 0.0,
-            max_failures: int = 3) -> None:
+            max_failures: int = 3, finetune_rows: set[str] | None = None) -> None:
     """Runs the pending cells: as Ray Tune trials (here or on ``address``'s cluster), or one after the other
-    in this process (``sequential``, or Ray not installed); then the fine-tuned rows, in this process."""
+    in this process (``sequential``, or Ray not installed); then the fine-tuned rows (``finetune_rows``: only
+    these), in this process. ``only=set()`` runs no grid cell."""
     pending = _pending(config, only)
     if not sequential and not grid.ray_available():
         print(f"[{config.name}] Ray is not installed: running the grid in this process, one run at a time "
@@ -207,7 +208,8 @@ def execute(config: GridConfig, finetune: bool = True, only: set[str] | None = N
         if _finished(run_dir(config, method, seed)):
             test_accuracy(run_dir(config, method, seed))
     if finetune:
-        run_finetunes(config)
+        grid.set_threads(cpus_per_run)
+        run_finetunes(config, finetune_rows)
 
 
 def _run_on_ray(config: GridConfig, pending: list[tuple[Method, int]], address: str | None, cpus: float,
@@ -285,9 +287,12 @@ def policy_source(config: GridConfig, policy: str) -> Path | None:
     return folder if _finished(folder) else None
 
 
-def run_finetunes(config: GridConfig) -> None:
-    """The fine-tuned rows whose policy's run has finished (each resumes where it stopped)."""
+def run_finetunes(config: GridConfig, names: set[str] | None = None) -> None:
+    """The fine-tuned rows (``names``: only these) whose policy's run has finished (each resumes where it
+    stopped)."""
     for row in finetune_rows.planned(config.finetune_policies):
+        if names is not None and row.name not in names:
+            continue
         source = policy_source(config, row.policy)
         if source is not None:
             finetune_rows.run(row, source, RUNS / config.name / "finetune", config.finetune_epochs,
@@ -513,6 +518,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sequential", action="store_true", help="run in this process, one run at a time (no Ray)")
     p.add_argument("--render-only", action="store_true")
     p.add_argument("--skip-finetune", action="store_true", help="do not run the fine-tuned rows")
+    p.add_argument("--finetune-only", action="store_true", help="run no search, only the fine-tuned rows")
+    p.add_argument("--finetune-rows", help="comma-separated fine-tuned rows to run (default: all), e.g. "
+                   "best-search-lstsq-distill,uniform-none")
     p.add_argument("--methods", help="comma-separated method names: run only these")
     p.add_argument("--results", help="where the table, CSVs and plots go (default benchmarks/results)")
     p.add_argument("--runs", help="where the run folders live (default benchmarks/runs)")
@@ -524,9 +532,14 @@ def main(argv: list[str] | None = None) -> None:
         if only and only - {m.name for m in METHODS}:
             raise SystemExit(f"unknown methods {sorted(only - {m.name for m in METHODS})}; "
                              f"choose from {[m.name for m in METHODS]}")
-        execute(config, finetune=not args.skip_finetune, only=only, sequential=args.sequential,
-                address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-                max_failures=args.max_failures)
+        rows = set(args.finetune_rows.split(",")) if args.finetune_rows else None
+        names = [r.name for r in finetune_rows.planned(config.finetune_policies)]
+        if rows and rows - set(names):
+            raise SystemExit(f"unknown fine-tuned rows {sorted(rows - set(names))}; choose from {names}")
+        execute(config, finetune=not args.skip_finetune, only=set() if args.finetune_only else only,
+                sequential=args.sequential or args.finetune_only, address=args.address,
+                cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, max_failures=args.max_failures,
+                finetune_rows=rows)
     render(config, argv)
 
 

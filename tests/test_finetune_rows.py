@@ -54,3 +54,19 @@ def test_a_row_runs_once_and_reports_its_epochs(runs, tmp_path):
     mtime = (row.folder(tmp_path, 1) / "finetuned.pt").stat().st_mtime
     fr.run(row, runs / "uniform-s0", tmp_path, 1, log=lambda *_: None)  # finished: left as it is
     assert (row.folder(tmp_path, 1) / "finetuned.pt").stat().st_mtime == mtime
+
+
+def test_the_table_runs_only_the_fine_tuned_rows_asked_for(tmp_path, capsys):
+    from benchmarks import table
+
+    common = ["smoke", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    with pytest.raises(SystemExit, match="unknown fine-tuned rows"):
+        table.main([*common, "--finetune-only", "--finetune-rows", "uniform-lstsq-kd"])
+    table.main([*common, "--sequential", "--skip-finetune", "--methods", "uniform"])
+    searched = sorted(p.name for p in (tmp_path / "runs" / "smoke").iterdir())
+    table.main([*common, "--finetune-only", "--finetune-rows", "uniform-none-distill"])
+    assert sorted(p.name for p in (tmp_path / "runs" / "smoke").iterdir()) == sorted([*searched, "finetune"])
+    done = [p.name for p in (tmp_path / "runs" / "smoke" / "finetune").iterdir() if p.name != "starts"]
+    assert done == ["uniform-none-distill-e1"]  # no search ran, one row fine-tuned
+    rendered = (tmp_path / "results" / "smoke.md").read_text()
+    assert "| uniform (uniform-s0) | not repaired | yes | " in rendered and "| 1/1 |" in rendered

@@ -7,7 +7,8 @@ deepcopy, no re-tracing, no code generation on the hot path (these took ~40–90
 
 The arithmetic is the one of ``torch.fx.experimental.optimization.fuse`` (``fuse_conv_bn_weights``, then the
 same convolution); oneDNN's post-ops apply ReLU and the add to the convolution's float32 output in the same
-order as the separate ops did, so scores are unchanged (tests/test_inference.py checks the logits bit for bit).
+order as the separate ops did, so scores are unchanged (tests/test_inference.py checks the logits bit for bit on
+ResNets, MobileNet-v2 and a VGG with a BN1d head).
 The fused ops are oneDNN's (``torch.ops.mkldnn._convolution_pointwise``, what torch.compile's CPU backend emits);
 on CUDA, under bf16 autocast or without oneDNN the graph keeps plain ``F.conv2d`` + ReLU + add.
 """
@@ -41,8 +42,6 @@ def _only_user(node: fx.Node) -> fx.Node | None:
 def _shape(node: fx.Node) -> torch.Size | None:
     meta = node.meta.get("tensor_meta")
     return getattr(meta, "shape", None)
-
-
 
 
 @dataclass

@@ -86,11 +86,14 @@ class Evaluator:
         """Adaptive BN (EagleEye): re-estimate every BN's running statistics on the calibration images,
         as a plain average over them (momentum=None), with everything else in eval mode. The images are cut
         into equal batches (at most ``CALIB_BATCH`` images): the average weighs every batch alike, so a small
-        remainder batch would count as much as a full one."""
+        remainder batch would count as much as a full one. Each BN's momentum is restored afterwards: left at
+        None, a later training run (fine-tuning the saved network) would keep a cumulative average of every
+        batch since the calibration, stale statistics that lag further behind the weights at every step."""
         bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not bns or len(self.calib) == 0:
             return
         model.eval()
+        momenta = [bn.momentum for bn in bns]
         for bn in bns:
             bn.reset_running_stats()
             bn.momentum = None
@@ -99,6 +102,8 @@ class Evaluator:
             most = CALIB_BATCH.get(self.device.type, CALIB_BATCH["cpu"])
             for batch in torch.tensor_split(self.calib, -(-len(self.calib) // most)):
                 model(batch)
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
         model.eval()
 
     def accuracy(self, model: nn.Module, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,

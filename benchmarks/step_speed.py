@@ -37,6 +37,18 @@ RESULTS = Path(__file__).parent / "results"
 REFERENCE_BATCH = {"cpu": 250, "cuda": 1000}  # the reference as first measured (agmc's old defaults)
 
 
+def op_profile(env: AGMCEnv, actions: np.ndarray, top: int = 6) -> list[tuple[str, float, float]]:
+    """(op, self CPU ms, share of the episode) of one episode's most expensive ops (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    env.run_actions(actions)  # warm: the profiled episode sees the same caches as the timed ones
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        env.run_actions(actions)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return [(e.key, e.self_cpu_time_total / 1000, e.self_cpu_time_total / total) for e in ops[:top]]
+
+
 def reference_step(task, counts: list[int]) -> float:
     """One reference-style evaluation: deepcopy + structured L1 masks + BN recalibration + fp32 NCHW eval."""
     model = copy.deepcopy(task.analysis.gm)
@@ -124,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, e in (("default", env), ("fp32", env_fp32)):
         parts = [e.run_actions(actions)["timing"] for _ in range(args.reps)]
         breakdown[name] = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
+    fp32_ops = op_profile(env_fp32, actions)
     # with vs without repair: one task, the stage swapped, runs interleaved so both see the same machine load
     repair = env.task.repair
     with_s, without_s, info_none = [], [], {}
@@ -198,6 +211,14 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"**Speed-up over the reference-style step: {speedup32:.2f}× in fp32, {speedup:.2f}× with amp=auto "
         f"({precision}).**",
+        "",
+        "Where an fp32 episode goes (torch.profiler, one episode, self CPU time of its most expensive ops; "
+        "`mkldnn::_convolution_pointwise` = scoring convolutions with their ReLU / add, `aten::mkldnn_convolution` "
+        "= calibration convolutions):",
+        "",
+        "| op | ms | share of the episode's op time |",
+        "|---|---|---|",
+        *(f"| `{name}` | {ms:.0f} | {100 * share:.1f} % |" for name, ms, share in fp32_ops),
         "",
     ]
     out = Path(args.out)

@@ -53,3 +53,14 @@ def test_recalibration_on_a_single_batch_is_the_batch_statistics():
         feats = model.conv1(ev.calib)
     assert torch.allclose(first_bn.running_mean, feats.mean((0, 2, 3)), atol=1e-5)
     assert torch.allclose(first_bn.running_var, feats.var((0, 2, 3), unbiased=True), atol=1e-4)
+
+
+def test_recalibration_leaves_each_bn_momentum_as_it_found_it():
+    """A saved pruned network is fine-tuned later: a momentum left at None would average every training batch."""
+    task = tiny_task()
+    model = task.mode.build([int(w) for w in task.mode.widths])
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    bns[0].momentum = 0.3
+    before = [bn.momentum for bn in bns]
+    task.evaluator.recalibrate(model)
+    assert [bn.momentum for bn in bns] == before and 0.1 in before

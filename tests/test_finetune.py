@@ -81,3 +81,15 @@ def test_amp_is_a_recorded_setting_and_bad_values_are_refused(checkpoint, tmp_pa
         ft.finetune(checkpoint, tmp_path / amp, epochs=1, amp="off" if amp == "bf16" else "bf16", **QUICK)
     with pytest.raises(ValueError, match="choose one of"):
         ft.finetune(checkpoint, tmp_path / "bad", epochs=1, amp="fp16", **QUICK)
+
+
+def test_bn_statistics_follow_the_batches_even_from_a_cumulative_average_checkpoint(checkpoint, tmp_path):
+    saved = torch.load(checkpoint, weights_only=False)
+    for m in saved["model"].modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # what networks saved before the calibration restored momentum carry
+    torch.save(saved, tmp_path / "cumulative.pt")
+    ft.finetune(tmp_path / "cumulative.pt", tmp_path / "ft", epochs=1, **QUICK)
+    tuned = torch.load(tmp_path / "ft" / "finetuned.pt", weights_only=False)["model"]
+    momenta = {m.momentum for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {ft.BN_MOMENTUM}

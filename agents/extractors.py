@@ -96,20 +96,24 @@ def _representatives(ids: torch.Tensor, count: int) -> torch.Tensor:
     return flat.new_empty(count).scatter_(0, flat, torch.arange(len(flat), device=flat.device))
 
 
-def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """A sparse CSR matrix from entries without repeats, in any order (one sort; cheaper than COO's coalesce)."""
-    order = torch.argsort(rows * shape[1] + cols)
+def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
+         ordered: bool = False) -> torch.Tensor:
+    """A sparse CSR matrix from entries without repeats; unless ``ordered`` (row-major already), one sort
+    puts them in order (cheaper than COO's coalesce)."""
+    if not ordered:
+        order = torch.argsort(rows * shape[1] + cols)
+        rows, cols, values = rows[order], cols[order], values[order]
     crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=rows.device)
     crow[1:] = torch.bincount(rows, minlength=shape[0]).cumsum(0)
     with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul with a dense matrix is all we use
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols[order], values[order], shape)
+        return torch.sparse_csr_tensor(crow, cols, values, shape)
 
 
-def _csr_pair(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
-              shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _csr_pair(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
+              ordered: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The matrix and its transpose (what ``_Aggregate`` multiplies with)."""
-    return _csr(rows, cols, values, shape), _csr(cols, rows, values, (shape[1], shape[0]))
+    return _csr(rows, cols, values, shape, ordered), _csr(cols, rows, values, (shape[1], shape[0]))
 
 
 class _Topology:
@@ -171,7 +175,7 @@ class _Unrolled:
                  num_decisions: int | None) -> None:
         B, N, F = x.shape
         node = torch.arange(N, device=x.device).view(N, 1).expand(N, B)
-        varying = (x != x[:1]).any(0).any(0).nonzero().view(-1).tolist()  # feature columns not equal in every row
+        varying = (x.amax(0) != x.amin(0)).any(0).nonzero().view(-1).tolist()  # columns not equal in every row
         columns = [torch.unique(x[:, :, c].t(), return_inverse=True) for c in varying]
         ids, count = _combine(node, N, [(inverse, len(values)) for values, inverse in columns])
         self.x = x.transpose(0, 1).reshape(N * B, F).index_select(0, _representatives(ids, count))  # [U_0, F]
@@ -185,7 +189,8 @@ class _Unrolled:
             keep = topo.valid[n]  # [U, D]
             rows = torch.arange(count, device=x.device).unsqueeze(1).expand_as(keep)[keep]
             cols = previous[topo.neighbours[n], b.unsqueeze(1)][keep]
-            self.layers.append(_csr_pair(rows, cols, topo.weights[n][keep], (count, previous_count)))
+            # Row-major already: ids grow with the node index, and Â's columns are sorted in each row.
+            self.layers.append(_csr_pair(rows, cols, topo.weights[n][keep], (count, previous_count), ordered=True))
         self.readout = self._readout(ids, count, decision_nodes, topo)
         self.decisions = None if num_decisions is None else self._decisions(ids, count, topo, num_decisions)
 

@@ -104,6 +104,8 @@ def test_fast_path_equals_pyg_path(kwargs, padded):
     # repeated node states computed once: high is in the batch twice, and undecided nodes look alike
     sizes = [s.shape[0] for s, _ in unrolled.layers]
     assert unrolled.x.shape[0] <= sizes[0] < 3 * obs["x"].shape[1]
+    for s, _ in unrolled.layers:  # built as ordered CSR without a sort: the invariants (sorted columns) hold
+        torch._validate_sparse_csr_tensor_args(s.crow_indices(), s.col_indices(), s.values(), s.shape)
     assert torch.allclose(fast, generic, atol=1e-5)
     for a, b in zip(fast_grads, generic_grads):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)

@@ -90,6 +90,15 @@ def _combine(key: torch.Tensor, bound: int, columns: list[tuple[torch.Tensor, in
     return _dense_ids(key)
 
 
+def _value_ids(column: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Exact integer ids of a column's values, and their bound. float32: the bits themselves (no sort; equal
+    bits, equal values; 0.0 and -0.0 only get two ids), else the rank among the distinct values."""
+    if column.dtype == torch.float32:
+        return column.view(torch.int32).long() & 0xFFFFFFFF, 2 ** 32
+    values, inverse = torch.unique(column, return_inverse=True)
+    return inverse, len(values)
+
+
 def _representatives(ids: torch.Tensor, count: int) -> torch.Tensor:
     """For each id, the flat index of one position holding it (any: they are equal by construction)."""
     flat = ids.reshape(-1)
@@ -176,8 +185,7 @@ class _Unrolled:
         B, N, F = x.shape
         node = torch.arange(N, device=x.device).view(N, 1).expand(N, B)
         varying = (x.amax(0) != x.amin(0)).any(0).nonzero().view(-1).tolist()  # columns not equal in every row
-        columns = [torch.unique(x[:, :, c].t(), return_inverse=True) for c in varying]
-        ids, count = _combine(node, N, [(inverse, len(values)) for values, inverse in columns])
+        ids, count = _combine(node, N, [_value_ids(x[:, :, c].t().contiguous()) for c in varying])
         self.x = x.transpose(0, 1).reshape(N * B, F).index_select(0, _representatives(ids, count))  # [U_0, F]
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         for _ in range(layers):

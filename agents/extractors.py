@@ -19,7 +19,7 @@ expanded row, so the check reads no data. On that graph the batch's node rows ar
 per-sample features (keep ratios rounded to channel counts, the current decision) take few values per node,
 so a ResNet-56 batch of 64 has ~850 distinct layer-1 and ~1150 distinct layer-2 node states among its
 225 × 64 node rows. :class:`_Unrolled` finds them once per batch tensor (exact integer keys) and each layer
-runs on the distinct states only: one sparse matmul ``S (H Wᵀ) + b`` per layer and one for the readouts.
+runs on the distinct states only: one sparse matmul ``S (H Wᵀ) + b`` per layer, then one readout matmul.
 The GCNConv modules (and so the state_dict) are the same and every output row is the function PyG's
 ``Â (H Wᵀ) + b`` computes; only the summation order differs (float noise). Batches with differing graphs,
 and the other layer types, take the generic PyG path.
@@ -71,7 +71,6 @@ class _Aggregate(torch.autograd.Function):
         grad_x = ctx.a_t @ grad if ctx.needs_input_grad[2] else None
         grad_bias = grad.sum(0) if ctx.needs_input_grad[3] else None
         return None, None, grad_x, grad_bias
-
 
 
 def _dense_ids(key: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -178,7 +177,7 @@ class _Unrolled:
     holds Â's weights between the ids; ``readout`` maps the last ids to the rows [current (B); graph (B)] and
     ``decisions`` (LSTM only) to the per-decision rows (T·B), with the masks and means folded into the weights."""
 
-    _last: _Unrolled | None = None  # the batch most recently unrolled
+    _recent: list[_Unrolled] = []  # the batches most recently unrolled, newest first
 
     def __init__(self, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
                  num_decisions: int | None) -> None:
@@ -228,15 +227,18 @@ class _Unrolled:
     @classmethod
     def of(cls, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
            num_decisions: int | None) -> _Unrolled:
-        """The unrolled batch, cached for the last batch seen by any extractor. The cache keeps the tensors alive
-        and checks their versions, so a tensor changed in place is unrolled again."""
+        """The unrolled batch, cached for the last two batches seen by any extractor: a gradient step uses two
+        (observations, next observations), SAC's in the order obs, next, next, obs, obs. The cache keeps the
+        tensors alive and checks their versions, so a tensor changed in place is unrolled again."""
         key = (x._version, decision_nodes._version, layers, num_decisions)
-        last = cls._last
-        if last is None or last.inputs[0] is not x or last.inputs[1] is not decision_nodes or last.key != key \
-                or not last.topo.same_graph(topo):
-            last = cls._last = cls(x, decision_nodes, topo, layers, num_decisions)
-            last.inputs, last.key, last.topo = (x, decision_nodes), key, topo
-        return last
+        for unrolled in cls._recent:
+            if unrolled.inputs[0] is x and unrolled.inputs[1] is decision_nodes and unrolled.key == key \
+                    and unrolled.topo.same_graph(topo):
+                return unrolled
+        unrolled = cls(x, decision_nodes, topo, layers, num_decisions)
+        unrolled.inputs, unrolled.key, unrolled.topo = (x, decision_nodes), key, topo
+        cls._recent = [unrolled] + cls._recent[:1]
+        return unrolled
 
 
 class GraphEncoderExtractor(BaseFeaturesExtractor):

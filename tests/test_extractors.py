@@ -99,7 +99,7 @@ def test_fast_path_equals_pyg_path(kwargs, padded):
         ext = GraphEncoderExtractor(tiny_env().observation_space, **kwargs)
     obs = _batch(high, low, first, high)
     (fast, fast_grads), (generic, generic_grads) = _fast_and_generic(ext, obs)
-    unrolled = _Unrolled._last
+    unrolled = _Unrolled._recent[0]
     assert ext._topology is not None and unrolled.topo is ext._topology  # the fast path ran
     # repeated node states computed once: high is in the batch twice, and undecided nodes look alike
     sizes = [s.shape[0] for s, _ in unrolled.layers]
@@ -147,12 +147,15 @@ def test_unrolled_batch_follows_the_tensor_and_its_version():
     first, high, low = _two_states()
     obs = _batch(high, high)
     ext(obs)
-    unrolled = _Unrolled._last
+    unrolled = _Unrolled._recent[0]
     assert unrolled.x.shape[0] == obs["x"].shape[1]  # two equal rows: one state per node
     ext(obs)
-    assert _Unrolled._last is unrolled  # reused by the next call on the same tensors
+    assert _Unrolled._recent[0] is unrolled  # reused by the next call on the same tensors
+    ext(_batch(high, low))
+    ext(obs)
+    assert _Unrolled._recent[1] is unrolled  # still held while one other batch came in between (SAC's order)
     before = ext(obs)
     obs["x"][1, 0, 2] += 0.5  # in place: the cached structure must not be reused
     after = ext(obs)
-    assert _Unrolled._last is not unrolled and _Unrolled._last.x.shape[0] == obs["x"].shape[1] + 1
+    assert _Unrolled._recent[0] is not unrolled and _Unrolled._recent[0].x.shape[0] == obs["x"].shape[1] + 1
     assert torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])

@@ -14,15 +14,15 @@ loop over samples; padded nodes have no edges and are masked out of every readou
 Fast path (GCN layers): every observation of one env carries the same graph (edge_index, edge_mask,
 node_mask, node_decision are static; only x and the decision change), so when all rows of a batch share
 it the normalised adjacency Â = D^-1/2 (A+I) D^-1/2 is built once (PyG's own ``gcn_norm``, cached per
-topology) and each layer is ``Â @ (H W) + b`` for the whole batch at once — one sparse matmul on nodes ×
-(batch·features) instead of PyG's per-call normalisation and gather/scatter over B·E edges. The GCNConv
-modules (and so the state_dict) are the same; only the arithmetic's order differs (float noise). Batches
-with differing graphs, and the other layer types, take the generic PyG path. The checks are cheap per call:
-the replay buffer (``agents.algorithms.AMCReplayBuffer``) hands the static keys over as one expanded row,
-which is equal across the batch by construction, and the split of x's columns into batch-constant and
-per-sample ones is computed once per batch tensor, not once per extractor call. Layer 1's output is also
-split by nodes: where it is the same in every row (nodes no decision reaches in one hop), layer 2's dense
-product with its weight is computed once for the batch (``_layers_1_2``).
+topology). The replay buffer (``agents.algorithms.AMCReplayBuffer``) hands the static keys over as one
+expanded row, so the check reads no data. On that graph the batch's node rows are mostly repeats: the
+per-sample features (keep ratios rounded to channel counts, the current decision) take few values per node,
+so a ResNet-56 batch of 64 has ~850 distinct layer-1 and ~1150 distinct layer-2 node states among its
+225 × 64 node rows. :class:`_Unrolled` finds them once per batch tensor (exact integer keys) and each layer
+runs on the distinct states only: one sparse matmul ``S (H Wᵀ) + b`` per layer, then one readout matmul.
+The GCNConv modules (and so the state_dict) are the same and every output row is the function PyG's
+``Â (H Wᵀ) + b`` computes; only the summation order differs (float noise). Batches with differing graphs,
+and the other layer types, take the generic PyG path.
 """
 from __future__ import annotations
 
@@ -48,27 +48,6 @@ def _rows_equal(t: torch.Tensor) -> bool:
     return t.shape[0] == 1 or t.stride(0) == 0 or bool((t == t[:1]).all())
 
 
-class _SharedColumns:
-    """Which parts of ``x`` [B, N, F] are equal in every row of its batch, for the last ``x`` seen by any
-    extractor: in one SB3 gradient step actor, critic and their targets receive the same two batch tensors
-    (observations, next observations) five times, so the [B, N, F] comparison runs twice, not five times.
-    The cache keeps ``x`` alive and checks its version, so a tensor changed in place is compared again."""
-
-    _x: torch.Tensor | None = None
-    _version = -1
-    _split: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-    @classmethod
-    def of(cls, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(shared column indices, per-sample column indices, [N] bool: the node's per-sample columns are
-        equal in every row)."""
-        if x is not cls._x or x._version != cls._version:
-            same = (x == x[:1]).all(0)  # [N, F]
-            own = (~same.all(0)).nonzero().view(-1)
-            cls._x, cls._version = x, x._version
-            cls._split = (same.all(0).nonzero().view(-1), own, same.index_select(1, own).all(1))
-        return cls._split
-
 
 def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """values [B, N, H], weights [B, N] (0/1) → [B, H]; an empty selection gives zeros."""
@@ -77,60 +56,72 @@ def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 class _Aggregate(torch.autograd.Function):
-    """``a @ x (+ bias per feature)`` for a constant sparse ``a`` [N, N] (CSR) and node-major ``x`` [N, B·H];
-    the bias add is fused into the sparse addmm, and the backward uses the cached CSR transpose ``a_t``."""
+    """``a @ x (+ bias per feature)`` for a constant sparse ``a`` [R, C] (CSR) and ``x`` [C, H]; the bias add
+    is fused into the sparse addmm, and the backward uses the cached CSR transpose ``a_t``."""
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.a_t = a_t
         if bias is None:
             return a @ x
-        ctx.features = bias.numel()
-        return torch.addmm(bias.repeat(x.shape[1] // bias.numel()).unsqueeze(0), a, x)
+        return torch.addmm(bias.unsqueeze(0), a, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grad_x = ctx.a_t @ grad if ctx.needs_input_grad[2] else None
-        grad_bias = grad.sum(0).view(-1, ctx.features).sum(0) if ctx.needs_input_grad[3] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[3] else None
         return None, None, grad_x, grad_bias
 
 
-class _AggregateNodeBias(torch.autograd.Function):
-    """``a @ x + node_bias`` for a constant sparse ``a`` [N, M] (CSR), node-major ``x`` [M, B·H] and a
-    per-node bias [N, H] broadcast over the batch; ``a_t`` is the cached CSR transpose."""
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor, node_bias: torch.Tensor) -> torch.Tensor:
-        ctx.a_t, ctx.features = a_t, node_bias.shape[1]
-        out = a @ x
-        out.view(out.shape[0], -1, ctx.features).add_(node_bias.unsqueeze(1))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        grad_x = ctx.a_t @ grad if ctx.needs_input_grad[2] else None
-        grad_bias = grad.view(grad.shape[0], -1, ctx.features).sum(1) if ctx.needs_input_grad[3] else None
-        return None, None, grad_x, grad_bias
+def _dense_ids(key: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """int64 keys → ids 0..U-1 (equal keys, equal ids) in the key's shape, and U."""
+    unique, ids = torch.unique(key.reshape(-1), return_inverse=True)
+    return ids.view(key.shape), len(unique)
 
 
-class _FirstLayer(torch.autograd.Function):
-    """``own @ w.t() + shared[:, None]``: own [N, B, K] (per-sample inputs, no gradient, K small), w [H, K],
-    shared [N, H] broadcast over the batch. One baddbmm: a [N·B, K] @ [K, H] matmul with K ≈ 3 is 10× slower
-    on CPU, and so is autograd's gᵀ x for the weight gradient, computed here as (xᵀ g)ᵀ."""
+def _combine(key: torch.Tensor, bound: int, columns: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, int]:
+    """Dense ids of the tuples (key, column values…): key < bound, each column's values in [0, radix). Packed as
+    key·radix + value, exact; re-densified whenever the next packing could overflow int64."""
+    for values, radix in columns:
+        if bound * radix >= 2 ** 62:
+            key, bound = _dense_ids(key)
+        key, bound = key * radix + values, bound * radix
+    return _dense_ids(key)
 
-    @staticmethod
-    def forward(ctx, own: torch.Tensor, w: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(own)
-        N, _, K = own.shape
-        return torch.baddbmm(shared.unsqueeze(1), own, w.t().expand(N, K, -1))
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (own,) = ctx.saved_tensors
-        grad_w = (own.reshape(-1, own.shape[2]).t() @ grad.reshape(-1, grad.shape[2])).t() \
-            if ctx.needs_input_grad[1] else None
-        grad_shared = grad.sum(1) if ctx.needs_input_grad[2] else None
-        return None, grad_w, grad_shared
+def _value_ids(column: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Exact integer ids of a column's values, and their bound. float32: the bits themselves (no sort; equal
+    bits, equal values; 0.0 and -0.0 only get two ids), else the rank among the distinct values."""
+    if column.dtype == torch.float32:
+        return column.view(torch.int32).long() & 0xFFFFFFFF, 2 ** 32
+    values, inverse = torch.unique(column, return_inverse=True)
+    return inverse, len(values)
+
+
+def _representatives(ids: torch.Tensor, count: int) -> torch.Tensor:
+    """For each id, the flat index of one position holding it (any: they are equal by construction)."""
+    flat = ids.reshape(-1)
+    return flat.new_empty(count).scatter_(0, flat, torch.arange(len(flat), device=flat.device))
+
+
+def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
+         ordered: bool = False) -> torch.Tensor:
+    """A sparse CSR matrix from entries without repeats; unless ``ordered`` (row-major already), one sort
+    puts them in order (cheaper than COO's coalesce)."""
+    if not ordered:
+        order = torch.argsort(rows * shape[1] + cols)
+        rows, cols, values = rows[order], cols[order], values[order]
+    crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=rows.device)
+    crow[1:] = torch.bincount(rows, minlength=shape[0]).cumsum(0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul with a dense matrix is all we use
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, values, shape)
+
+
+def _csr_pair(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
+              ordered: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matrix and its transpose (what ``_Aggregate`` multiplies with)."""
+    return _csr(rows, cols, values, shape, ordered), _csr(cols, rows, values, (shape[1], shape[0]))
 
 
 class _Topology:
@@ -149,54 +140,105 @@ class _Topology:
             warnings.simplefilter("ignore", UserWarning)
             adj = torch.sparse_coo_tensor(torch.stack([dst, src]), weight, (N, N), check_invariants=True).coalesce()
             self.adj = adj.to_sparse_csr()  # out[i] += w·h[j] for each edge j → i, self-loops included
-            self.adj_t = adj.t().coalesce().to_sparse_csr()
         self.node_mask = self.key["node_mask"]
         self.count = self.node_mask.sum().clamp_min(1.0)
-        self.all_real = bool((self.node_mask == 1).all())  # no padded node: the node-mask product is a no-op
         if num_decisions is not None:  # owner[n, t] = node n belongs to decision t (and is real)
             T = num_decisions
             owner = nn.functional.one_hot(self.key["node_decision"].long().clamp(0, T), T + 1)[:, 1:].to(x.dtype)
             self.owner_t = (owner * self.node_mask.unsqueeze(-1)).t().contiguous()  # [T, N]
-            self.owner_count = self.owner_t.sum(1).clamp_min(1.0).view(T, 1, 1)
-
-        self._splits: dict[bytes, _NodeSplit] = {}
+            self.owner_count = self.owner_t.sum(1).clamp_min(1.0)  # [T]
+        # Â's rows as a padded neighbour table [N, D] (self-loop included): what _Unrolled keys layers by.
+        crow, col = self.adj.crow_indices(), self.adj.col_indices()
+        degree = crow.diff()
+        slot = torch.arange(int(degree.max()) if N else 0, device=x.device)
+        self.valid = slot < degree.unsqueeze(1)
+        at = (crow[:-1].unsqueeze(1) + slot).clamp_max(max(len(col) - 1, 0))
+        self.neighbours = torch.where(self.valid, col[at], 0)
+        self.weights = torch.where(self.valid, self.adj.values()[at], 0)
 
     def matches(self, obs: dict[str, torch.Tensor]) -> bool:
         return all(torch.equal(obs[k][0], v) for k, v in self.key.items())
 
-    def reaches_only(self, same: torch.Tensor) -> torch.Tensor:
-        """[N] bool: every node of the node's neighbourhood in Â (itself included) has ``same`` set."""
-        return (self.adj @ (~same).to(self.adj.dtype).unsqueeze(1)).squeeze(1) == 0
-
-    def split(self, constant: torch.Tensor) -> _NodeSplit:
-        """The column blocks of Â for a node split (constant [N] bool), cached: the split is the same for
-        almost every batch (the nodes no decision reaches in one hop)."""
-        key = constant.cpu().numpy().tobytes()
-        if key not in self._splits:
-            if len(self._splits) >= 16:  # unusual batches: keep the cache small
-                self._splits.clear()
-            self._splits[key] = _NodeSplit(self.adj, constant)
-        return self._splits[key]
+    def same_graph(self, other: _Topology) -> bool:
+        return self is other or (self.key.keys() == other.key.keys()
+                                 and all(torch.equal(v, other.key[k]) for k, v in self.key.items())
+                                 and torch.equal(self.adj.values(), other.adj.values()))
 
 
-class _NodeSplit:
-    """Nodes whose layer-1 output is the same in every row of the batch (``const``) and the others (``var``),
-    with Â's columns for each as sparse CSR matrices and their transposes (None when a block is empty)."""
+class _Unrolled:
+    """A shared-graph batch as one graph over its distinct node states, built once per batch tensor and reused
+    by every encoder call on it (5 per SB3 gradient step: actor, critic and both targets see the same two batch
+    tensors, observations and next observations).
 
-    def __init__(self, adj: torch.Tensor, constant: torch.Tensor) -> None:
-        self.var, self.const = (~constant).nonzero().view(-1), constant.nonzero().view(-1)
-        dense = adj.to_dense()
-        self.a_var, self.a_var_t = self._columns(dense, self.var)
-        self.a_const, self.a_const_t = self._columns(dense, self.const)
+    A node's value after layer ℓ depends only on the features of its ℓ-hop neighbourhood, and these repeat
+    across the batch. Each (node, sample) gets an id per layer, equal for two rows iff their inputs to that
+    layer are: layer 0 keys on (node, x row), layer ℓ on (node, layer-(ℓ-1) ids of its neighbours in Â) — exact
+    integer keys. Layer ℓ then computes one row per id, ``S_ℓ (H_{ℓ-1} W_ℓᵀ) + b_ℓ``, where S_ℓ [U_ℓ, U_{ℓ-1}]
+    holds Â's weights between the ids; ``readout`` maps the last ids to the rows [current (B); graph (B)] and
+    ``decisions`` (LSTM only) to the per-decision rows (T·B), with the masks and means folded into the weights."""
+
+    _recent: list[_Unrolled] = []  # the batches most recently unrolled, newest first
+
+    def __init__(self, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
+                 num_decisions: int | None) -> None:
+        B, N, F = x.shape
+        node = torch.arange(N, device=x.device).view(N, 1).expand(N, B)
+        varying = (x.amax(0) != x.amin(0)).any(0).nonzero().view(-1).tolist()  # columns not equal in every row
+        ids, count = _combine(node, N, [_value_ids(x[:, :, c].t().contiguous()) for c in varying])
+        self.x = x.transpose(0, 1).reshape(N * B, F).index_select(0, _representatives(ids, count))  # [U_0, F]
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for _ in range(layers):
+            around = torch.where(topo.valid.unsqueeze(-1), ids[topo.neighbours], 0)  # [N, D, B]
+            previous, previous_count = ids, count
+            ids, count = _combine(node, N, [(around[:, d], previous_count) for d in range(around.shape[1])])
+            rep = _representatives(ids, count)
+            n, b = rep // B, rep % B
+            keep = topo.valid[n]  # [U, D]
+            rows = torch.arange(count, device=x.device).unsqueeze(1).expand_as(keep)[keep]
+            cols = previous[topo.neighbours[n], b.unsqueeze(1)][keep]
+            # Row-major already: ids grow with the node index, and Â's columns are sorted in each row.
+            self.layers.append(_csr_pair(rows, cols, topo.weights[n][keep], (count, previous_count), ordered=True))
+        self.readout = self._readout(ids, count, decision_nodes, topo)
+        self.decisions = None if num_decisions is None else self._decisions(ids, count, topo, num_decisions)
 
     @staticmethod
-    def _columns(dense: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if not len(idx):
-            return None, None
-        cols = dense.index_select(1, idx)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            return cols.to_sparse_csr(), cols.t().contiguous().to_sparse_csr()
+    def _readout(ids: torch.Tensor, count: int, decision_nodes: torch.Tensor, topo: _Topology) -> torch.Tensor:
+        """[current (B); graph (B)] rows ← last layer's ids, dense [2B, U] (built without a sort, and its
+        products with [U, H] cost less than building a sparse one): the means of the two readouts."""
+        N, B = ids.shape
+        batch = torch.arange(B, device=ids.device).view(1, B).expand(N, B)
+        current = decision_nodes.t() * topo.node_mask.view(N, 1) / decision_nodes.sum(1).clamp_min(1.0)
+        graph = (topo.node_mask / topo.count).view(N, 1).expand(N, B)
+        readout = current.new_zeros(2 * B, count)
+        readout[batch, ids] = current  # a sample's nodes have distinct ids: no entry is written twice
+        readout[batch + B, ids] = graph
+        return readout
+
+    @staticmethod
+    def _decisions(ids: torch.Tensor, count: int, topo: _Topology,
+                   num_decisions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-decision rows (t·B + b) ← last layer's ids, sparse: the mean over decision t's real nodes."""
+        B = ids.shape[1]
+        t, n = topo.owner_t.nonzero(as_tuple=True)
+        rows = t.view(-1, 1) * B + torch.arange(B, device=ids.device)
+        values = (topo.owner_t[t, n] / topo.owner_count[t]).view(-1, 1).expand(-1, B)
+        return _csr_pair(rows.reshape(-1), ids[n].reshape(-1), values.reshape(-1), (num_decisions * B, count))
+
+    @classmethod
+    def of(cls, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
+           num_decisions: int | None) -> _Unrolled:
+        """The unrolled batch, cached for the last two batches seen by any extractor: a gradient step uses two
+        (observations, next observations), SAC's in the order obs, next, next, obs, obs. The cache keeps the
+        tensors alive and checks their versions, so a tensor changed in place is unrolled again."""
+        key = (x._version, decision_nodes._version, layers, num_decisions)
+        for unrolled in cls._recent:
+            if unrolled.inputs[0] is x and unrolled.inputs[1] is decision_nodes and unrolled.key == key \
+                    and unrolled.topo.same_graph(topo):
+                return unrolled
+        unrolled = cls(x, decision_nodes, topo, layers, num_decisions)
+        unrolled.inputs, unrolled.key, unrolled.topo = (x, decision_nodes), key, topo
+        cls._recent = [unrolled] + cls._recent[:1]
+        return unrolled
 
 
 class GraphEncoderExtractor(BaseFeaturesExtractor):
@@ -239,86 +281,20 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
                                                   self.num_decisions if self.decoder == "lstm" else None)
         return topo
 
-    def _layer1_inputs(self, x: torch.Tensor, topo: _Topology) -> tuple[torch.Tensor, torch.Tensor | None,
-                                                                          torch.Tensor]:
-        """Layer 1's pre-activation in two parts, split by feature columns. Those equal in every row of the
-        batch (the op graph's static features) go through Â and W once for the whole batch: ``shared`` [N, H],
-        bias included. The others (keep ratios, current decision) are aggregated per sample: ``own`` = Â X_own
-        [N, B, K] (None if there are none), with their weight columns ``w_own`` [H, K]. Layer 1 is
-        relu(shared + own w_ownᵀ), the same function as Â (X Wᵀ) + b; x needs no gradient, so Â X doesn't."""
-        conv = self.convs[0]
-        B, N, _ = x.shape
-        weight = conv.lin.weight  # [H, F]
-        shared_cols, own_cols, _ = _SharedColumns.of(x)
-        shared = conv.bias.view(1, -1).expand(N, -1) if conv.bias is not None else x.new_zeros(N, weight.shape[0])
-        if len(shared_cols):
-            part = _Aggregate.apply(topo.adj, topo.adj_t, x[0].index_select(1, shared_cols), None)
-            shared = part @ weight.index_select(1, shared_cols).t() + shared
-        if not len(own_cols):
-            return shared, None, weight[:, :0]
-        own = x.index_select(2, own_cols).transpose(0, 1).reshape(N, -1)  # [N, B·K]
-        own = _Aggregate.apply(topo.adj, topo.adj_t, own, None).view(N, B, -1)
-        return shared, own, weight.index_select(1, own_cols)
-
-    def _layers_1_2(self, x: torch.Tensor, shared: torch.Tensor, own: torch.Tensor, w_own: torch.Tensor,
-                    topo: _Topology) -> torch.Tensor:
-        """Layers 1 and 2 with their ReLUs → [N, B, H]. Nodes whose one-hop neighbourhood has its per-sample
-        features equal in every row, so ``own`` too (those no decision reaches in one hop: 63 of ResNet-56's
-        225), have one layer-1 output for the whole batch, so layer 2's dense product H₁ W₂ᵀ — the largest
-        matmul, forward and backward — runs on the other nodes only, and the constant nodes enter layer 2 as a
-        per-node bias Â[:, const] (H₁ W₂ᵀ)[const].
-        Same function as Â (H₁ W₂ᵀ) + b₂ over all nodes."""
-        conv = self.convs[1]
-        N, B, _ = own.shape
-        split = topo.split(topo.reaches_only(_SharedColumns.of(x)[2]))
-        node_bias = conv.bias.view(1, -1).expand(N, -1) if conv.bias is not None else own.new_zeros(N, w_own.shape[0])
-        if len(split.const):
-            h_const = torch.relu(shared[split.const] + own[split.const, 0] @ w_own.t())  # [N_const, H]
-            node_bias = _Aggregate.apply(split.a_const, split.a_const_t, conv.lin(h_const), None) + node_bias
-        if not len(split.var):
-            return torch.relu(node_bias).unsqueeze(1).expand(N, B, -1)
-        # ReLUs in place (no second [N, B, H] tensor): _FirstLayer keeps its input for backward, not its output,
-        # and _AggregateNodeBias nothing; before the view, as in place on a view autograd would copy it back.
-        h_var = torch.relu_(_FirstLayer.apply(own[split.var], w_own, shared[split.var]))
-        y = conv.lin(h_var).view(len(split.var), -1)
-        return torch.relu_(_AggregateNodeBias.apply(split.a_var, split.a_var_t, y, node_bias)).view(N, B, -1)
-
-    def _fast_layers(self, x: torch.Tensor, topo: _Topology) -> torch.Tensor:
-        """All graph layers with their ReLUs → node-major [N, B, H]; each layer is one sparse matmul."""
-        B, N, _ = x.shape
-        shared, own, w_own = self._layer1_inputs(x, topo)
-        if own is None:  # every row of the batch is the same state
-            h, rest = torch.relu(shared).unsqueeze(1).expand(N, B, -1), self.convs[1:]
-        elif len(self.convs) == 1:
-            return torch.relu_(_FirstLayer.apply(own, w_own, shared))
-        else:
-            h, rest = self._layers_1_2(x, shared, own, w_own, topo), self.convs[2:]
-        for conv in rest:
-            h = torch.relu_(_Aggregate.apply(topo.adj, topo.adj_t, conv.lin(h).view(N, -1), conv.bias)).view(N, B, -1)
-        return h
-
     def _fast_forward(self, obs: dict[str, torch.Tensor], topo: _Topology) -> torch.Tensor:
-        """The shared-graph path: node-major activations [N, B, H], so each layer is one sparse matmul."""
-        x = obs["x"]
-        B, N, F = x.shape
-        h = self._fast_layers(x, topo)
-        if not topo.all_real:
-            h = h * topo.node_mask.view(N, 1, 1)
-        H = h.shape[-1]
-        # Readouts. Their backward writes a gradient for every node: a sum's is a broadcast view, and the
-        # current decision's few nodes are gathered, so neither makes a dense outer product.
-        if topo.all_real:
-            graph = h.sum(0) / topo.count
-        else:
-            graph = (topo.node_mask @ h.reshape(N, -1)).view(B, H) / topo.count
-        dn = obs["decision_nodes"]
-        b_idx, n_idx = dn.nonzero(as_tuple=True)
-        picked = h[n_idx, b_idx] * dn[b_idx, n_idx].unsqueeze(1)  # [K, H]
-        current = h.new_zeros(B, H).index_add_(0, b_idx, picked) / dn.sum(1, keepdim=True).clamp_min(1.0)
-        if self.decoder == "none":
+        """The shared-graph path: every layer and the readouts on the batch's distinct node states."""
+        B = obs["x"].shape[0]
+        T = self.num_decisions if self.decoder == "lstm" else None
+        unrolled = _Unrolled.of(obs["x"], obs["decision_nodes"], topo, len(self.convs), T)
+        h = unrolled.x
+        for conv, (s, s_t) in zip(self.convs, unrolled.layers):
+            # in place: _Aggregate keeps nothing of its output for backward
+            h = torch.relu_(_Aggregate.apply(s, s_t, conv.lin(h), conv.bias))
+        out = unrolled.readout @ h  # [2B, H]
+        current, graph = out[:B], out[B:]
+        if T is None:
             return torch.cat([current, graph], 1)
-        T = self.num_decisions
-        per_decision = (topo.owner_t @ h.reshape(N, -1)).view(T, B, H) / topo.owner_count  # [T, B, H]
+        per_decision = _Aggregate.apply(*unrolled.decisions, h, None).view(T, B, -1)
         seq = torch.cat([per_decision, graph.unsqueeze(0).expand(T, -1, -1)], 2).transpose(0, 1)
         out, _ = self.lstm(seq)
         t = obs["decision_index"].long().view(-1).clamp(0, T - 1)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from stable_baselines3.common.preprocessing import preprocess_obs
 
-from agents.extractors import EMBEDDINGS, GraphEncoderExtractor, LayerFeatureExtractor, _rows_equal, _SharedColumns
+from agents.extractors import EMBEDDINGS, GraphEncoderExtractor, LayerFeatureExtractor, _rows_equal, _Unrolled
 from agmc_env.testing import tiny_env
 
 ENV = tiny_env(max_nodes=80, max_edges=100)
@@ -99,9 +99,13 @@ def test_fast_path_equals_pyg_path(kwargs, padded):
         ext = GraphEncoderExtractor(tiny_env().observation_space, **kwargs)
     obs = _batch(high, low, first, high)
     (fast, fast_grads), (generic, generic_grads) = _fast_and_generic(ext, obs)
-    assert ext._topology is not None and ext._topology.all_real != padded  # the fast path ran
-    # layer 1 split by nodes: some constant across the batch, some not
-    assert any(len(s.var) and len(s.const) for s in ext._topology._splits.values())
+    unrolled = _Unrolled._recent[0]
+    assert ext._topology is not None and unrolled.topo is ext._topology  # the fast path ran
+    # repeated node states computed once: high is in the batch twice, and undecided nodes look alike
+    sizes = [s.shape[0] for s, _ in unrolled.layers]
+    assert unrolled.x.shape[0] <= sizes[0] < 3 * obs["x"].shape[1]
+    for s, _ in unrolled.layers:  # built as ordered CSR without a sort: the invariants (sorted columns) hold
+        torch._validate_sparse_csr_tensor_args(s.crow_indices(), s.col_indices(), s.values(), s.shape)
     assert torch.allclose(fast, generic, atol=1e-5)
     for a, b in zip(fast_grads, generic_grads):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
@@ -137,13 +141,21 @@ def test_expanded_static_keys_take_the_fast_path_with_the_same_result_and_gradie
     assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(fast_grads, generic_grads))
 
 
-def test_shared_columns_follow_the_tensor_and_its_version():
+def test_unrolled_batch_follows_the_tensor_and_its_version():
+    torch.manual_seed(0)
+    ext = GraphEncoderExtractor(ENV.observation_space)
     first, high, low = _two_states()
-    x = _batch(high, high)["x"]
-    shared, own, nodes = _SharedColumns.of(x)
-    assert len(own) == 0 and len(shared) == x.shape[2] and nodes.all()
-    x[1, 0, 2] += 0.5  # in place: the cached answer must not be reused
-    shared, own, nodes = _SharedColumns.of(x)
-    assert own.tolist() == [2] and (~nodes).nonzero().view(-1).tolist() == [0]
-    other = _batch(high, low)["x"]
-    assert len(_SharedColumns.of(other)[1]) > 0
+    obs = _batch(high, high)
+    ext(obs)
+    unrolled = _Unrolled._recent[0]
+    assert unrolled.x.shape[0] == obs["x"].shape[1]  # two equal rows: one state per node
+    ext(obs)
+    assert _Unrolled._recent[0] is unrolled  # reused by the next call on the same tensors
+    ext(_batch(high, low))
+    ext(obs)
+    assert _Unrolled._recent[1] is unrolled  # still held while one other batch came in between (SAC's order)
+    before = ext(obs)
+    obs["x"][1, 0, 2] += 0.5  # in place: the cached structure must not be reused
+    after = ext(obs)
+    assert _Unrolled._recent[0] is not unrolled and _Unrolled._recent[0].x.shape[0] == obs["x"].shape[1] + 1
+    assert torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])

@@ -7,15 +7,14 @@ import time
 from typing import Any
 
 import torch
-from torch.fx.experimental.optimization import fuse
 
 from agents.checkpoint_io import load_pruned, task_for
 from agmc_env.budget import count_module
+from agmc_env.inference import InferenceGraph
 
 
 def _latency_ms(model: torch.nn.Module, x: torch.Tensor, autocast_dtype, reps: int = 20) -> float:
-    fast = fuse(copy.deepcopy(model).eval(), inplace=True, no_trace=isinstance(model, torch.fx.GraphModule))
-    fast = fast.to(memory_format=torch.channels_last)
+    fast = InferenceGraph.for_device(x.device, autocast_dtype)(model.eval(), x[:1])  # what scoring runs
     ctx = (lambda: torch.autocast(x.device.type, dtype=autocast_dtype)) if autocast_dtype else torch.no_grad
     times = []
     with torch.inference_mode(), ctx():

@@ -8,8 +8,9 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
   1e-4 (actor), as AMC;
 - replay buffer = episodes × decisions transitions (the whole search; SB3's 1e6 default would reserve
   tens of GB for graph observations);
-- warm-up episodes of uniform random actions (``learning_starts`` = warm-up × T), then one gradient step
-  per collected transition at each episode end (``train_freq=(1, "episode")``, ``gradient_steps=-1``);
+- warm-up episodes of uniform random actions (``learning_starts`` = warm-up × T), then ``updates_per_step``
+  gradient steps (default 1, AMC's) per collected transition at each episode end (``train_freq=(1, "episode")``,
+  ``gradient_steps=-1``);
 - DDPG/TD3 explore with AMC's truncated normal, σ 0.5 on [0, 1] after warm-up; ``exploration="scaled"``
   decays it so it reaches its floor (0.05) at 2/3 of the episodes, ``"amc"`` by ×0.95 per episode (≈ 0 after
   ~100 episodes whatever the search length); SAC uses its own entropy bonus;
@@ -50,11 +51,22 @@ class ActorLearningRate:
                 group["lr"] = self.actor_lr
 
 
-class AMCDDPG(ActorLearningRate, TruncatedNormalExploration, DDPG):
+class UpdatesPerStep:
+    """Mixin for SB3 off-policy algorithms: ``updates_per_step`` (saved with the agent) gradient steps per
+    collected transition. A short episode (ResNet-20: 9 decisions) otherwise gets a third of ResNet-56's
+    updates per evaluated network."""
+
+    updates_per_step: int = 1
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        super().train(gradient_steps * self.updates_per_step, batch_size)
+
+
+class AMCDDPG(ActorLearningRate, UpdatesPerStep, TruncatedNormalExploration, DDPG):
     """SB3 DDPG exploring with AMC's truncated normal."""
 
 
-class AMCTD3(ActorLearningRate, TruncatedNormalExploration, TD3):
+class AMCTD3(ActorLearningRate, UpdatesPerStep, TruncatedNormalExploration, TD3):
     """SB3 TD3 exploring with AMC's truncated normal."""
 
 
@@ -82,7 +94,7 @@ class AMCSACPolicy(SACMultiInputPolicy):
         return ActorLossCritic(**critic_kwargs).to(self.device)
 
 
-class AMCSAC(ActorLearningRate, SAC):
+class AMCSAC(ActorLearningRate, UpdatesPerStep, SAC):
     """SB3 SAC (its own entropy-driven exploration) with :class:`AMCSACPolicy`."""
 
 
@@ -161,7 +173,8 @@ def _choice(name: str, table: dict, what: str):
 
 def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, warmup: int = 25, seed: int = 0,
                reward_baseline: bool = True, credit: str = "episode", exploration: str = "scaled",
-               learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, batch_size: int = 64,
+               learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, updates_per_step: int = 1,
+               batch_size: int = 64,
                extractor_kwargs: dict | None = None, tensorboard_log: str | None = None,
                device: str = "auto", verbose: int = 0) -> OffPolicyAlgorithm:
     """An SB3 agent for ``env`` (a gymnasium AGMC env or a VecEnv over one) with the defaults above."""
@@ -185,5 +198,7 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
         floor = 0.0 if exploration == "amc" else SCALED_FLOOR
         options["action_noise"] = AMCNoise(sigma=1.0, decay=decay, warmup_episodes=warmup, seed=seed, floor=floor)
     model = cls(AMCSACPolicy if algo == "sac" else "MultiInputPolicy", env, **options)
-    model.actor_lr = actor_lr
+    if not (isinstance(updates_per_step, int) and updates_per_step >= 1):
+        raise ValueError(f"updates_per_step={updates_per_step!r} must be an int ≥ 1 (gradient steps per transition)")
+    model.actor_lr, model.updates_per_step = actor_lr, updates_per_step
     return model

@@ -36,7 +36,7 @@ class RunError(RuntimeError):
 
 
 # What a run recorded before these fields existed had: terminal reward, AMC's σ decay, one learning rate.
-LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None}
+LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1}
 
 
 @dataclass
@@ -53,10 +53,12 @@ class SearchConfig:
     credit: str = "episode"  # "episode" (AMC: every transition gets the final reward) or "terminal" (the env's)
     exploration: str = "scaled"  # DDPG/TD3: "scaled" (σ floor at 2/3 of the episodes) or "amc" (σ × 0.95 per episode)
     actor_lr: float | None = 1e-4  # RL: the actor's learning rate (None: the critic's, 1e-3)
+    updates_per_step: int = 1  # RL: gradient steps per collected transition
 
     def __post_init__(self) -> None:
         # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.
-        for name, kind in (("episodes", "positive int"), ("warmup", "count"), ("seed", "int")):
+        for name, kind in (("episodes", "positive int"), ("warmup", "count"), ("seed", "int"),
+                           ("updates_per_step", "positive int")):
             value = getattr(self, name)
             if not KINDS[kind].fits(value):
                 raise ValueError(f"{name}={value!r} must be {KINDS[kind].what}")

@@ -74,6 +74,25 @@ def test_actor_learning_rate_is_its_own():
     assert model.critic.optimizer.param_groups[0]["lr"] == 1e-3
 
 
+@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
+@pytest.mark.parametrize("updates", [1, 3])
+def test_updates_per_step_multiplies_the_gradient_steps_of_each_episode(algo, updates):
+    env = tiny_env()
+    T = env.num_decisions
+    model = make_agent(algo, DummyVecEnv([lambda: env]), embedding="amc", episodes=4, warmup=1,
+                       updates_per_step=updates)
+    model.learn(total_timesteps=4 * T)
+    # SB3 trains at each episode end once past learning_starts (the warm-up episode): 3 episodes of T steps
+    assert model._n_updates == 3 * T * updates
+
+
+def test_updates_per_step_refuses_what_is_not_a_count():
+    with pytest.raises(ValueError, match="updates_per_step"):
+        SearchConfig("AGMCTest-Tiny-v0", updates_per_step=0)
+    with pytest.raises(ValueError, match="updates_per_step"):
+        make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc", updates_per_step=1.5)
+
+
 def test_amc_settings_search_resumes_and_old_folders_still_match(tmp_path):
     config = SearchConfig("AGMCTest-Tiny-v0", algo="td3", embedding="amc", episodes=4, warmup=1, seed=1,
                           reward_baseline=True, credit="episode", exploration="scaled", actor_lr=1e-4)
@@ -82,7 +101,8 @@ def test_amc_settings_search_resumes_and_old_folders_still_match(tmp_path):
     run_search(config, tmp_path, progress=False)
     # a run.json written before these fields existed: it ran with a terminal reward, AMC's σ and one rate
     old = SearchConfig("AGMCTest-Tiny-v0", credit="terminal", exploration="amc", actor_lr=None)
-    recorded = {k: v for k, v in old.identity().items() if k not in ("credit", "exploration", "actor_lr")}
+    recorded = {k: v for k, v in old.identity().items()
+                if k not in ("credit", "exploration", "actor_lr", "updates_per_step")}
     assert old.same_run(json.loads(json.dumps(recorded)))
     assert not config.same_run(recorded)
 

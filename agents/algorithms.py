@@ -12,7 +12,7 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
   gradient steps (default 1, AMC's) per collected transition at each episode end (``train_freq=(1, "episode")``,
   ``gradient_steps=-1``);
 - DDPG/TD3 explore with AMC's truncated normal, σ 0.5 on [0, 1] after warm-up; ``exploration="scaled"``
-  decays it so it reaches its floor (0.05) at 2/3 of the episodes, ``"amc"`` by ×0.95 per episode (≈ 0 after
+  decays it so it reaches its floor (``sigma_floor``, 0.05) at 2/3 of the episodes, ``"amc"`` by ×0.95 per episode (≈ 0 after
   ~100 episodes whatever the search length); SAC uses its own entropy bonus;
 - credit assignment: ``credit="episode"`` (AMC's amc_search.py): at the end of an episode every one of its
   transitions is given the final reward; ``"terminal"`` keeps the env's reward (0 until the final accuracy);
@@ -174,7 +174,7 @@ def _choice(name: str, table: dict, what: str):
 def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, warmup: int = 25, seed: int = 0,
                reward_baseline: bool = True, credit: str = "episode", exploration: str = "scaled",
                learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, updates_per_step: int = 1,
-               batch_size: int = 64,
+               sigma_floor: float = SCALED_FLOOR / 2, batch_size: int = 64,
                extractor_kwargs: dict | None = None, tensorboard_log: str | None = None,
                device: str = "auto", verbose: int = 0) -> OffPolicyAlgorithm:
     """An SB3 agent for ``env`` (a gymnasium AGMC env or a VecEnv over one) with the defaults above."""
@@ -194,8 +194,10 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
     options["replay_buffer_class"] = AMCReplayBuffer  # credit="terminal", no baseline: SB3's + the shared graph
     options["replay_buffer_kwargs"] = {"credit": credit, "baseline": reward_baseline}
     if algo in ("ddpg", "td3"):
-        decay = 0.95 if exploration == "amc" else scaled_decay(episodes - warmup)
-        floor = 0.0 if exploration == "amc" else SCALED_FLOOR
+        if not 0.0 < sigma_floor <= 0.5:
+            raise ValueError(f"sigma_floor={sigma_floor!r} must be in (0, 0.5] (σ's floor on [0, 1], AMC's σ0 is 0.5)")
+        floor = 0.0 if exploration == "amc" else 2 * sigma_floor  # SB3's action units span [-1, 1]
+        decay = 0.95 if exploration == "amc" else scaled_decay(episodes - warmup, floor=floor)
         options["action_noise"] = AMCNoise(sigma=1.0, decay=decay, warmup_episodes=warmup, seed=seed, floor=floor)
     model = cls(AMCSACPolicy if algo == "sac" else "MultiInputPolicy", env, **options)
     if not (isinstance(updates_per_step, int) and updates_per_step >= 1):

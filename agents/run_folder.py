@@ -36,7 +36,8 @@ class RunError(RuntimeError):
 
 
 # What a run recorded before these fields existed had: terminal reward, AMC's σ decay, one learning rate.
-LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1}
+LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1,
+          "sigma_floor": 0.05}
 
 
 @dataclass
@@ -54,6 +55,7 @@ class SearchConfig:
     exploration: str = "scaled"  # DDPG/TD3: "scaled" (σ floor at 2/3 of the episodes) or "amc" (σ × 0.95 per episode)
     actor_lr: float | None = 1e-4  # RL: the actor's learning rate (None: the critic's, 1e-3)
     updates_per_step: int = 1  # RL: gradient steps per collected transition
+    sigma_floor: float = 0.05  # DDPG/TD3 with exploration="scaled": σ's floor on [0, 1]
 
     def __post_init__(self) -> None:
         # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.

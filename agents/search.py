@@ -172,7 +172,7 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
         model = make_agent(config.algo, vec, embedding=config.embedding, episodes=config.episodes,
                            warmup=config.warmup, seed=config.seed, reward_baseline=config.reward_baseline,
                            credit=config.credit, exploration=config.exploration, actor_lr=config.actor_lr,
-                           updates_per_step=config.updates_per_step,
+                           updates_per_step=config.updates_per_step, sigma_floor=config.sigma_floor,
                            device=device)
         remaining = config.episodes * T
     model.set_logger(configure(str(folder.path(TENSORBOARD)), ["tensorboard"] if _has_tensorboard() else ["csv"]))

@@ -65,6 +65,19 @@ def test_scaled_exploration_reaches_its_floor_at_two_thirds():
     assert noise.sigma > 0.25
 
 
+def test_sigma_floor_is_on_the_unit_interval_and_reached_at_two_thirds():
+    env = tiny_env()
+    model = make_agent("ddpg", DummyVecEnv([lambda: env]), embedding="amc", episodes=100, warmup=10,
+                       sigma_floor=0.15)
+    noise = model.action_noise
+    noise.episodes = 10 + 60
+    assert noise.sigma == pytest.approx(0.3) and noise.floor == pytest.approx(0.3)  # SB3 units: twice [0, 1]'s
+    noise.episodes = 10 + 55
+    assert noise.sigma > 0.3
+    with pytest.raises(ValueError, match="sigma_floor"):
+        make_agent("ddpg", DummyVecEnv([lambda: env]), embedding="amc", sigma_floor=0.0)
+
+
 def test_actor_learning_rate_is_its_own():
     env = tiny_env()
     model = make_agent("ddpg", DummyVecEnv([lambda: env]), embedding="amc", episodes=4, warmup=1, actor_lr=1e-4)
@@ -102,7 +115,7 @@ def test_amc_settings_search_resumes_and_old_folders_still_match(tmp_path):
     # a run.json written before these fields existed: it ran with a terminal reward, AMC's σ and one rate
     old = SearchConfig("AGMCTest-Tiny-v0", credit="terminal", exploration="amc", actor_lr=None)
     recorded = {k: v for k, v in old.identity().items()
-                if k not in ("credit", "exploration", "actor_lr", "updates_per_step")}
+                if k not in ("credit", "exploration", "actor_lr", "updates_per_step", "sigma_floor")}
     assert old.same_run(json.loads(json.dumps(recorded)))
     assert not config.same_run(recorded)
 

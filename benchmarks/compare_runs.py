@@ -34,7 +34,7 @@ def row(name: str, folders: list[Path]) -> str:
     val = [b["accuracy"] for b in best]
     test = [test_accuracy(f) for f in folders]
     rl = run.get("embedding", "none") != "none"  # the RL settings mean nothing to a whole-episode searcher
-    keys = ("algo", "embedding", "credit", "exploration", "actor_lr", "reward_baseline", "updates_per_step", "sigma_floor") if rl else ("algo",)
+    keys = ("algo", "embedding", "warmup", "credit", "exploration", "actor_lr", "reward_baseline", "updates_per_step", "sigma_floor") if rl else ("algo",)
     settings = {k: run.get(k) for k in keys if run.get(k) not in (None, False)}
     seeds = ", ".join(f"s{b['seed']}: {100 * v:.1f}" for b, v in zip(best, val))
     return (f"| {name} | `{json.dumps(settings)}` | {len(folders)} | {_fmt(val, 100)} ({seeds}) | "
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("root", help="a folder of run folders named <arm>-s<seed>")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default="")
+    p.add_argument("--note", default="", help="a paragraph under the table: what was varied and why")
     args = p.parse_args(argv)
     root = Path(args.root)
     groups = arms(root)
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
              "best (%) |", "|---|---|---|---|---|---|---|"]
     lines += [row(name, folders) for name, folders in groups.items()]
     lines += ["", "Mean ± sample std over seeds. Settings are selected on the reward-split column only; the test "
-              "column is for reporting.", ""]
+              "column is for reporting.", ""] + ([args.note, ""] if args.note else [])
     out = Path(args.out)
     out.write_text("\n".join(lines))
     print("\n".join(lines))

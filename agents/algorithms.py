@@ -143,17 +143,30 @@ class AMCReplayBuffer(DictReplayBuffer):
             del self._static[k]
             self._static_rows.pop(k, None)
 
-    def _share_static(self, obs: dict[str, torch.Tensor]) -> None:
+    def _share_static(self, obs: dict[str, torch.Tensor], batch: int) -> None:
         for k, value in (self._static or {}).items():
             if k not in self._static_rows:
                 self._static_rows[k] = torch.as_tensor(value, dtype=torch.float32, device=self.device)
-            obs[k] = self._static_rows[k].expand(len(obs[k]), *value.shape)
+            obs[k] = self._static_rows[k].expand(batch, *value.shape)
+
+    def _get_samples(self, batch_inds: np.ndarray, env=None):
+        """SB3's, but the static keys are not gathered row by row (then copied and converted): they come as
+        one row expanded. Same batch, same RNG draws."""
+        if env is not None or not self._static:  # VecNormalize: the stored values are not what the policy sees
+            return super()._get_samples(batch_inds, env)
+        full = self.observations, self.next_observations
+        self.observations, self.next_observations = ({k: v for k, v in d.items() if k not in self._static}
+                                                     for d in full)
+        try:
+            data = super()._get_samples(batch_inds, env)
+        finally:
+            self.observations, self.next_observations = full
+        self._share_static(data.observations, len(batch_inds))
+        self._share_static(data.next_observations, len(batch_inds))
+        return data
 
     def sample(self, batch_size: int, env=None):
         data = super().sample(batch_size, env)
-        if env is None:  # no VecNormalize: the stored values are what the policy sees
-            self._share_static(data.observations)
-            self._share_static(data.next_observations)
         if not self.use_baseline:
             return data
         rewarded = data.dones > 0.5 if self.credit == "terminal" else torch.ones_like(data.dones, dtype=torch.bool)
@@ -171,6 +184,18 @@ def _choice(name: str, table: dict, what: str):
     return table[name]
 
 
+def _adam_kwargs(device: str) -> dict[str, Any]:
+    """torch's fused Adam (one kernel over all parameters instead of ~10 ops per tensor: about 1 ms less per
+    gradient step on a CPU core) where this torch has it for the device; the same update up to float rounding."""
+    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          "cpu" if device == "auto" else device)
+    try:
+        torch.optim.Adam([torch.zeros(1, device=target, requires_grad=True)], fused=True)
+    except (RuntimeError, ValueError):
+        return {}
+    return {"fused": True}
+
+
 def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, warmup: int = 25, seed: int = 0,
                reward_baseline: bool = True, credit: str = "episode", exploration: str = "scaled",
                learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, updates_per_step: int = 1,
@@ -185,7 +210,7 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
                          f"got {credit!r}, {exploration!r}")
     decisions = int(env.observation_space["decision_index"].high.max())
     policy_kwargs = dict(features_extractor_class=extractor, features_extractor_kwargs={**kwargs, **(extractor_kwargs or {})},
-                         net_arch=dict(pi=[300, 300], qf=[300, 300]))
+                         net_arch=dict(pi=[300, 300], qf=[300, 300]), optimizer_kwargs=_adam_kwargs(device))
     options: dict[str, Any] = dict(
         learning_rate=learning_rate, buffer_size=max(episodes * decisions, batch_size), learning_starts=warmup * decisions,
         batch_size=batch_size, tau=0.01, gamma=1.0, train_freq=(1, "episode"), gradient_steps=-1,

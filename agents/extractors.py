@@ -74,9 +74,13 @@ class _Aggregate(torch.autograd.Function):
 
 
 def _dense_ids(key: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """int64 keys → ids 0..U-1 (equal keys, equal ids) in the key's shape, and U."""
-    unique, ids = torch.unique(key.reshape(-1), return_inverse=True)
-    return ids.view(key.shape), len(unique)
+    """int64 keys [N, B], node-major (each row's keys lie below the next row's) → ids 0..U-1 in key order (equal
+    keys, equal ids) in the key's shape, and U. Sorting each row and one pass over the rows laid end to end is
+    ``torch.unique``'s global sort, at half the cost."""
+    values, order = torch.sort(key, dim=1)
+    unique, inverse = torch.unique_consecutive(values.reshape(-1), return_inverse=True)
+    ids = torch.empty(key.shape, dtype=key.dtype, device=key.device)  # key may be an expanded view
+    return ids.scatter_(1, order, inverse.view(key.shape)), len(unique)
 
 
 def _combine(key: torch.Tensor, bound: int, columns: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, int]:

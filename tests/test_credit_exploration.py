@@ -10,6 +10,8 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
+from stable_baselines3.common.buffers import DictReplayBuffer
+
 from agents.algorithms import AMCReplayBuffer, make_agent
 from agents.noise import SCALED_FLOOR, AMCNoise, scaled_decay
 from agents.run_folder import SearchConfig
@@ -78,6 +80,21 @@ def test_sigma_floor_is_on_the_unit_interval_and_reached_at_two_thirds():
         make_agent("ddpg", DummyVecEnv([lambda: env]), embedding="amc", sigma_floor=0.0)
 
 
+def test_adam_is_fused_and_steps_as_the_per_tensor_loop():
+    env = tiny_env()
+    model = make_agent("ddpg", DummyVecEnv([lambda: env]), embedding="gnn", episodes=4, warmup=1)
+    assert all(o.defaults["fused"] for o in (model.actor.optimizer, model.critic.optimizer))
+    params = [torch.randn(30, 20, requires_grad=True), torch.randn(20, requires_grad=True)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    fused, loop = torch.optim.Adam(params, lr=1e-3, fused=True), torch.optim.Adam(twins, lr=1e-3, foreach=False)
+    for step in range(5):
+        for opt, ps in ((fused, params), (loop, twins)):
+            opt.zero_grad()
+            sum((p * (step + 1)).sin().sum() for p in ps).backward()
+            opt.step()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(params, twins))
+
+
 def test_actor_learning_rate_is_its_own():
     env = tiny_env()
     model = make_agent("ddpg", DummyVecEnv([lambda: env]), embedding="amc", episodes=4, warmup=1, actor_lr=1e-4)
@@ -132,6 +149,14 @@ def test_static_keys_come_as_one_row_and_a_changed_graph_stops_that():
             assert obs[key].stride(0) == 0 and obs[key].dtype == torch.float32
             assert torch.equal(obs[key][3], torch.as_tensor(first[key], dtype=torch.float32))
     assert data.observations["x"].stride(0) != 0  # per-transition keys are gathered as SB3 does
+    inds = np.arange(8)
+    np.random.seed(3)
+    ours = buffer._get_samples(inds)
+    np.random.seed(3)
+    sb3 = DictReplayBuffer._get_samples(buffer, inds)  # every key gathered row by row
+    for a, b in ((ours.observations, sb3.observations), (ours.next_observations, sb3.next_observations)):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].float()) for k in a)
+    assert torch.equal(ours.rewards, sb3.rewards) and torch.equal(ours.actions, sb3.actions)
     obs = {k: v[None] for k, v in first.items()}
     other = {**obs, "edge_mask": obs["edge_mask"].copy()}
     other["edge_mask"][0, 0] = 0.0

@@ -19,7 +19,7 @@ expanded row, so the check reads no data. On that graph the batch's node rows ar
 per-sample features (keep ratios rounded to channel counts, the current decision) take few values per node,
 so a ResNet-56 batch of 64 has ~850 distinct layer-1 and ~1150 distinct layer-2 node states among its
 225 × 64 node rows. :class:`_Unrolled` finds them once per batch tensor (exact integer keys) and each layer
-runs on the distinct states only: one sparse matmul ``S (H Wᵀ) + b`` per layer, then one readout matmul.
+runs on the distinct states only: one sparse matmul ``S (H Wᵀ) + b`` per layer, then sparse readout matmuls.
 The GCNConv modules (and so the state_dict) are the same and every output row is the function PyG's
 ``Â (H Wᵀ) + b`` computes; only the summation order differs (float noise). Batches with differing graphs,
 and the other layer types, take the generic PyG path.
@@ -55,42 +55,64 @@ def _masked_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bnh,bn->bh", values, weights) / total
 
 
+class _Sparse:
+    """A constant sparse matrix (CSR) for :class:`_Aggregate`, and its transpose, built on first use: only a
+    backward needs it, and the batches the target networks see never go backward."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
+                 ordered: bool = False, transposed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+        self.a = _csr(rows, cols, values, shape, ordered)
+        self._entries, self._transposed, self._t = (rows, cols, values, shape), transposed, None
+
+    @property
+    def t(self) -> torch.Tensor:
+        """Aᵀ: from ``transposed`` (its entries already row-major) when given, else by one sort of A's entries."""
+        if self._t is None:
+            rows, cols, values, (r, c) = self._entries
+            self._t = _csr(*self._transposed, (c, r), ordered=True) if self._transposed is not None \
+                else _csr(cols, rows, values, (c, r))
+        return self._t
+
+
 class _Aggregate(torch.autograd.Function):
-    """``a @ x (+ bias per feature)`` for a constant sparse ``a`` [R, C] (CSR) and ``x`` [C, H]; the bias add
-    is fused into the sparse addmm, and the backward uses the cached CSR transpose ``a_t``."""
+    """``a @ x (+ bias per feature)`` for a constant sparse ``a`` [R, C] and ``x`` [C, H]; the bias add is fused into
+    the sparse addmm, and the backward multiplies by ``a``'s transpose."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, a_t: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.a_t = a_t
+    def forward(ctx, a: _Sparse, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.sparse = a
         if bias is None:
-            return a @ x
-        return torch.addmm(bias.unsqueeze(0), a, x)
+            return a.a @ x
+        return torch.addmm(bias.unsqueeze(0), a.a, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad_x = ctx.a_t @ grad if ctx.needs_input_grad[2] else None
-        grad_bias = grad.sum(0) if ctx.needs_input_grad[3] else None
-        return None, None, grad_x, grad_bias
+        grad_x = ctx.sparse.t @ grad if ctx.needs_input_grad[1] else None
+        grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return None, grad_x, grad_bias
 
 
-def _dense_ids(key: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _dense_ids(key: torch.Tensor, order: bool = False):
     """int64 keys [N, B], node-major (each row's keys lie below the next row's) → ids 0..U-1 in key order (equal
     keys, equal ids) in the key's shape, and U. Sorting each row and one pass over the rows laid end to end is
-    ``torch.unique``'s global sort, at half the cost."""
-    values, order = torch.sort(key, dim=1)
+    ``torch.unique``'s global sort, at half the cost. ``order=True`` also returns the (stable) sort permutation of
+    each row: ``ids.gather(1, perm)`` is then non-decreasing read row after row."""
+    values, perm = torch.sort(key, dim=1, stable=order)  # stable only when asked: it costs more
     unique, inverse = torch.unique_consecutive(values.reshape(-1), return_inverse=True)
     ids = torch.empty(key.shape, dtype=key.dtype, device=key.device)  # key may be an expanded view
-    return ids.scatter_(1, order, inverse.view(key.shape)), len(unique)
+    ids.scatter_(1, perm, inverse.view(key.shape))
+    return (ids, len(unique), perm) if order else (ids, len(unique))
 
 
-def _combine(key: torch.Tensor, bound: int, columns: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, int]:
+def _combine(key: torch.Tensor, bound: int, columns: list[tuple[torch.Tensor, int]], order: bool = False):
     """Dense ids of the tuples (key, column values…): key < bound, each column's values in [0, radix). Packed as
-    key·radix + value, exact; re-densified whenever the next packing could overflow int64."""
+    key·radix + value, exact; re-densified whenever the next packing could overflow int64. ``order``: as
+    :func:`_dense_ids`."""
     for values, radix in columns:
         if bound * radix >= 2 ** 62:
             key, bound = _dense_ids(key)
         key, bound = key * radix + values, bound * radix
-    return _dense_ids(key)
+    return _dense_ids(key, order)
 
 
 def _value_ids(column: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -120,12 +142,6 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tu
     with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul with a dense matrix is all we use
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, cols, values, shape)
-
-
-def _csr_pair(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
-              ordered: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The matrix and its transpose (what ``_Aggregate`` multiplies with)."""
-    return _csr(rows, cols, values, shape, ordered), _csr(cols, rows, values, (shape[1], shape[0]))
 
 
 class _Topology:
@@ -178,55 +194,61 @@ class _Unrolled:
     across the batch. Each (node, sample) gets an id per layer, equal for two rows iff their inputs to that
     layer are: layer 0 keys on (node, x row), layer ℓ on (node, layer-(ℓ-1) ids of its neighbours in Â) — exact
     integer keys. Layer ℓ then computes one row per id, ``S_ℓ (H_{ℓ-1} W_ℓᵀ) + b_ℓ``, where S_ℓ [U_ℓ, U_{ℓ-1}]
-    holds Â's weights between the ids; ``readout`` maps the last ids to the rows [current (B); graph (B)] and
+    holds Â's weights between the ids; ``current`` and ``graph`` map the last ids to the B rows of each readout,
     ``decisions`` (LSTM only) to the per-decision rows (T·B), with the masks and means folded into the weights."""
 
     _recent: list[_Unrolled] = []  # the batches most recently unrolled, newest first
 
     def __init__(self, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
                  num_decisions: int | None) -> None:
-        B, N, F = x.shape
+        B, N, _ = x.shape
         node = torch.arange(N, device=x.device).view(N, 1).expand(N, B)
         varying = (x.amax(0) != x.amin(0)).any(0).nonzero().view(-1).tolist()  # columns not equal in every row
-        ids, count = _combine(node, N, [_value_ids(x[:, :, c].t().contiguous()) for c in varying])
-        self.x = x.transpose(0, 1).reshape(N * B, F).index_select(0, _representatives(ids, count))  # [U_0, F]
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for _ in range(layers):
+        ids, count, *perm = _combine(node, N, [_value_ids(x[:, :, c].t().contiguous()) for c in varying],
+                                     order=layers == 0)
+        rep = _representatives(ids, count)
+        self.x = x[rep % B, rep // B]  # [U_0, F]: one row per id
+        self.layers: list[_Sparse] = []
+        for layer in range(layers):
             around = torch.where(topo.valid.unsqueeze(-1), ids[topo.neighbours], 0)  # [N, D, B]
             previous, previous_count = ids, count
-            ids, count = _combine(node, N, [(around[:, d], previous_count) for d in range(around.shape[1])])
+            ids, count, *perm = _combine(node, N, [(around[:, d], previous_count) for d in range(around.shape[1])],
+                                         order=layer == layers - 1)
             rep = _representatives(ids, count)
             n, b = rep // B, rep % B
             keep = topo.valid[n]  # [U, D]
             rows = torch.arange(count, device=x.device).unsqueeze(1).expand_as(keep)[keep]
             cols = previous[topo.neighbours[n], b.unsqueeze(1)][keep]
             # Row-major already: ids grow with the node index, and Â's columns are sorted in each row.
-            self.layers.append(_csr_pair(rows, cols, topo.weights[n][keep], (count, previous_count), ordered=True))
-        self.readout = self._readout(ids, count, decision_nodes, topo)
+            self.layers.append(_Sparse(rows, cols, topo.weights[n][keep], (count, previous_count), ordered=True))
+        self.current, self.graph = self._readouts(ids, count, perm[0], decision_nodes, topo)  # the last sort's
         self.decisions = None if num_decisions is None else self._decisions(ids, count, topo, num_decisions)
 
     @staticmethod
-    def _readout(ids: torch.Tensor, count: int, decision_nodes: torch.Tensor, topo: _Topology) -> torch.Tensor:
-        """[current (B); graph (B)] rows ← last layer's ids, dense [2B, U] (built without a sort, and its
-        products with [U, H] cost less than building a sparse one): the means of the two readouts."""
+    def _readouts(ids: torch.Tensor, count: int, perm: torch.Tensor, decision_nodes: torch.Tensor,
+                  topo: _Topology) -> tuple[_Sparse, _Sparse]:
+        """The current decision's node mean and the graph's node mean, B rows each ← last layer's ids. No sort: a
+        sample's ids grow with the node index (A's rows), and read in ``perm``'s order the ids grow (Aᵀ's rows)."""
         N, B = ids.shape
-        batch = torch.arange(B, device=ids.device).view(1, B).expand(N, B)
-        current = decision_nodes.t() * topo.node_mask.view(N, 1) / decision_nodes.sum(1).clamp_min(1.0)
-        graph = (topo.node_mask / topo.count).view(N, 1).expand(N, B)
-        readout = current.new_zeros(2 * B, count)
-        readout[batch, ids] = current  # a sample's nodes have distinct ids: no entry is written twice
-        readout[batch + B, ids] = graph
-        return readout
+        weights = decision_nodes * topo.node_mask / decision_nodes.sum(1, keepdim=True).clamp_min(1.0)  # [B, N]
+        b, n = weights.nonzero(as_tuple=True)  # by sample, then node
+        current = _Sparse(b, ids[n, b], weights[b, n], (B, count), ordered=True)
+        real = topo.node_mask.nonzero().view(-1)
+        share = topo.node_mask[real] / topo.count  # [R]
+        sample = torch.arange(B, device=ids.device)
+        graph = _Sparse(sample.repeat_interleave(len(real)), ids[real].t().reshape(-1), share.repeat(B), (B, count),
+                        ordered=True, transposed=(ids.gather(1, perm)[real].reshape(-1), perm[real].reshape(-1),
+                                                  share.repeat_interleave(B)))
+        return current, graph
 
     @staticmethod
-    def _decisions(ids: torch.Tensor, count: int, topo: _Topology,
-                   num_decisions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decisions(ids: torch.Tensor, count: int, topo: _Topology, num_decisions: int) -> _Sparse:
         """Per-decision rows (t·B + b) ← last layer's ids, sparse: the mean over decision t's real nodes."""
         B = ids.shape[1]
         t, n = topo.owner_t.nonzero(as_tuple=True)
         rows = t.view(-1, 1) * B + torch.arange(B, device=ids.device)
         values = (topo.owner_t[t, n] / topo.owner_count[t]).view(-1, 1).expand(-1, B)
-        return _csr_pair(rows.reshape(-1), ids[n].reshape(-1), values.reshape(-1), (num_decisions * B, count))
+        return _Sparse(rows.reshape(-1), ids[n].reshape(-1), values.reshape(-1), (num_decisions * B, count))
 
     @classmethod
     def of(cls, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
@@ -291,14 +313,13 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         T = self.num_decisions if self.decoder == "lstm" else None
         unrolled = _Unrolled.of(obs["x"], obs["decision_nodes"], topo, len(self.convs), T)
         h = unrolled.x
-        for conv, (s, s_t) in zip(self.convs, unrolled.layers):
+        for conv, a in zip(self.convs, unrolled.layers):
             # in place: _Aggregate keeps nothing of its output for backward
-            h = torch.relu_(_Aggregate.apply(s, s_t, conv.lin(h), conv.bias))
-        out = unrolled.readout @ h  # [2B, H]
-        current, graph = out[:B], out[B:]
+            h = torch.relu_(_Aggregate.apply(a, conv.lin(h), conv.bias))
+        current, graph = _Aggregate.apply(unrolled.current, h, None), _Aggregate.apply(unrolled.graph, h, None)
         if T is None:
             return torch.cat([current, graph], 1)
-        per_decision = _Aggregate.apply(*unrolled.decisions, h, None).view(T, B, -1)
+        per_decision = _Aggregate.apply(unrolled.decisions, h, None).view(T, B, -1)
         seq = torch.cat([per_decision, graph.unsqueeze(0).expand(T, -1, -1)], 2).transpose(0, 1)
         out, _ = self.lstm(seq)
         t = obs["decision_index"].long().view(-1).clamp(0, T - 1)

@@ -102,10 +102,14 @@ def test_fast_path_equals_pyg_path(kwargs, padded):
     unrolled = _Unrolled._recent[0]
     assert ext._topology is not None and unrolled.topo is ext._topology  # the fast path ran
     # repeated node states computed once: high is in the batch twice, and undecided nodes look alike
-    sizes = [s.shape[0] for s, _ in unrolled.layers]
+    sizes = [s.a.shape[0] for s in unrolled.layers]
     assert unrolled.x.shape[0] <= sizes[0] < 3 * obs["x"].shape[1]
-    for s, _ in unrolled.layers:  # built as ordered CSR without a sort: the invariants (sorted columns) hold
-        torch._validate_sparse_csr_tensor_args(s.crow_indices(), s.col_indices(), s.values(), s.shape)
+    # built as ordered CSR without a sort (the layers, both readouts and the graph readout's transpose): the
+    # invariants (sorted columns in each row) hold, and the transposes are the matrices' own
+    for s in unrolled.layers + [unrolled.current, unrolled.graph]:
+        for m in (s.a, s.t):
+            torch._validate_sparse_csr_tensor_args(m.crow_indices(), m.col_indices(), m.values(), m.shape)
+        assert torch.equal(s.t.to_dense(), s.a.to_dense().t())
     assert torch.allclose(fast, generic, atol=1e-5)
     for a, b in zip(fast_grads, generic_grads):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)

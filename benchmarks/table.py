@@ -485,7 +485,8 @@ def _plot(config: GridConfig, rows: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in METHODS:
+    colours = plt.get_cmap("tab20").colors  # more methods than the default cycle's 10 colours: none repeats
+    for i, m in enumerate(METHODS):
         curves = [r["curve"] for r in rows if r["method"] == m.name]
         if not curves or not m.stochastic:
             continue
@@ -493,7 +494,7 @@ def _plot(config: GridConfig, rows: list[dict[str, Any]]) -> None:
         arr = 100 * np.array([c[:n] for c in curves])
         x = np.arange(1, n + 1)
         mean = arr.mean(0)
-        line, = ax.plot(x, mean, label=f"{m.name} (n={len(curves)})")
+        line, = ax.plot(x, mean, color=colours[i % len(colours)], label=f"{m.name} (n={len(curves)})")
         if len(curves) > 1:
             ax.fill_between(x, arr.min(0), arr.max(0), color=line.get_color(), alpha=0.15)
     uniform = [r for r in rows if r["method"] == "uniform"]

@@ -12,8 +12,8 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
   gradient steps (default 1, AMC's) per collected transition at each episode end (``train_freq=(1, "episode")``,
   ``gradient_steps=-1``);
 - DDPG/TD3 explore with AMC's truncated normal, σ 0.5 on [0, 1] after warm-up; ``exploration="scaled"``
-  decays it so it reaches its floor (``sigma_floor``, 0.05) at 2/3 of the episodes, ``"amc"`` by ×0.95 per episode (≈ 0 after
-  ~100 episodes whatever the search length); SAC uses its own entropy bonus;
+  decays it so it reaches its floor (``sigma_floor``, 0.05) at 2/3 of the episodes, ``"amc"`` by ×0.95 per
+  episode (≈ 0 after ~100 episodes whatever the search length); SAC uses its own entropy bonus;
 - credit assignment: ``credit="episode"`` (AMC's amc_search.py): at the end of an episode every one of its
   transitions is given the final reward; ``"terminal"`` keeps the env's reward (0 until the final accuracy);
 - AMC's moving-average reward baseline (``reward_baseline``): b ← b + 0.5·(mean rewarded value of the batch − b),
@@ -29,6 +29,7 @@ from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import ContinuousCritic
+from stable_baselines3.common.utils import get_device
 from stable_baselines3.sac.policies import MultiInputPolicy as SACMultiInputPolicy
 
 from agents.extractors import EMBEDDINGS
@@ -187,10 +188,8 @@ def _choice(name: str, table: dict, what: str):
 def _adam_kwargs(device: str) -> dict[str, Any]:
     """torch's fused Adam (one kernel over all parameters instead of ~10 ops per tensor: about 1 ms less per
     gradient step on a CPU core) where this torch has it for the device; the same update up to float rounding."""
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          "cpu" if device == "auto" else device)
     try:
-        torch.optim.Adam([torch.zeros(1, device=target, requires_grad=True)], fused=True)
+        torch.optim.Adam([torch.zeros(1, device=get_device(device), requires_grad=True)], fused=True)
     except (RuntimeError, ValueError):
         return {}
     return {"fused": True}
@@ -220,7 +219,8 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
     options["replay_buffer_kwargs"] = {"credit": credit, "baseline": reward_baseline}
     if algo in ("ddpg", "td3"):
         if not 0.0 < sigma_floor <= 0.5:
-            raise ValueError(f"sigma_floor={sigma_floor!r} must be in (0, 0.5] (σ's floor on [0, 1], AMC's σ0 is 0.5)")
+            raise ValueError(f"sigma_floor={sigma_floor!r} must be in (0, 0.5] "
+                             "(σ's floor on [0, 1], AMC's σ0 is 0.5)")
         floor = 0.0 if exploration == "amc" else 2 * sigma_floor  # SB3's action units span [-1, 1]
         decay = 0.95 if exploration == "amc" else scaled_decay(episodes - warmup, floor=floor)
         options["action_noise"] = AMCNoise(sigma=1.0, decay=decay, warmup_episodes=warmup, seed=seed, floor=floor)

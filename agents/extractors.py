@@ -92,27 +92,27 @@ class _Aggregate(torch.autograd.Function):
         return None, grad_x, grad_bias
 
 
-def _dense_ids(key: torch.Tensor, order: bool = False):
+def _dense_ids(key: torch.Tensor, stable: bool = False) -> tuple[torch.Tensor, int, torch.Tensor]:
     """int64 keys [N, B], node-major (each row's keys lie below the next row's) → ids 0..U-1 in key order (equal
-    keys, equal ids) in the key's shape, and U. Sorting each row and one pass over the rows laid end to end is
-    ``torch.unique``'s global sort, at half the cost. ``order=True`` also returns the (stable) sort permutation of
-    each row: ``ids.gather(1, perm)`` is then non-decreasing read row after row."""
-    values, perm = torch.sort(key, dim=1, stable=order)  # stable only when asked: it costs more
+    keys, equal ids) in the key's shape, U, and each row's sort permutation (``ids.gather(1, perm)`` is
+    non-decreasing read row after row; ``stable``: equal keys keep their order). Sorting each row and one pass over
+    the rows laid end to end is ``torch.unique``'s global sort, at half the cost."""
+    values, perm = torch.sort(key, dim=1, stable=stable)  # stable only when asked: it costs more
     unique, inverse = torch.unique_consecutive(values.reshape(-1), return_inverse=True)
     ids = torch.empty(key.shape, dtype=key.dtype, device=key.device)  # key may be an expanded view
     ids.scatter_(1, perm, inverse.view(key.shape))
-    return (ids, len(unique), perm) if order else (ids, len(unique))
+    return ids, len(unique), perm
 
 
-def _combine(key: torch.Tensor, bound: int, columns: list[tuple[torch.Tensor, int]], order: bool = False):
-    """Dense ids of the tuples (key, column values…): key < bound, each column's values in [0, radix). Packed as
-    key·radix + value, exact; re-densified whenever the next packing could overflow int64. ``order``: as
-    :func:`_dense_ids`."""
+def _combine(key: torch.Tensor, bound: int, columns: list[tuple[torch.Tensor, int]],
+             stable: bool = False) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """:func:`_dense_ids` of the tuples (key, column values…): key < bound, each column's values in [0, radix).
+    Packed as key·radix + value, exact; re-densified whenever the next packing could overflow int64."""
     for values, radix in columns:
         if bound * radix >= 2 ** 62:
-            key, bound = _dense_ids(key)
+            key, bound, _ = _dense_ids(key)
         key, bound = key * radix + values, bound * radix
-    return _dense_ids(key, order)
+    return _dense_ids(key, stable)
 
 
 def _value_ids(column: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -204,16 +204,16 @@ class _Unrolled:
         B, N, _ = x.shape
         node = torch.arange(N, device=x.device).view(N, 1).expand(N, B)
         varying = (x.amax(0) != x.amin(0)).any(0).nonzero().view(-1).tolist()  # columns not equal in every row
-        ids, count, *perm = _combine(node, N, [_value_ids(x[:, :, c].t().contiguous()) for c in varying],
-                                     order=layers == 0)
+        ids, count, perm = _combine(node, N, [_value_ids(x[:, :, c].t().contiguous()) for c in varying],
+                                    stable=layers == 0)
         rep = _representatives(ids, count)
         self.x = x[rep % B, rep // B]  # [U_0, F]: one row per id
         self.layers: list[_Sparse] = []
         for layer in range(layers):
             around = torch.where(topo.valid.unsqueeze(-1), ids[topo.neighbours], 0)  # [N, D, B]
             previous, previous_count = ids, count
-            ids, count, *perm = _combine(node, N, [(around[:, d], previous_count) for d in range(around.shape[1])],
-                                         order=layer == layers - 1)
+            ids, count, perm = _combine(node, N, [(around[:, d], previous_count) for d in range(around.shape[1])],
+                                        stable=layer == layers - 1)
             rep = _representatives(ids, count)
             n, b = rep // B, rep % B
             keep = topo.valid[n]  # [U, D]
@@ -221,7 +221,7 @@ class _Unrolled:
             cols = previous[topo.neighbours[n], b.unsqueeze(1)][keep]
             # Row-major already: ids grow with the node index, and Â's columns are sorted in each row.
             self.layers.append(_Sparse(rows, cols, topo.weights[n][keep], (count, previous_count), ordered=True))
-        self.current, self.graph = self._readouts(ids, count, perm[0], decision_nodes, topo)  # the last sort's
+        self.current, self.graph = self._readouts(ids, count, perm, decision_nodes, topo)  # the last (stable) sort's
         self.decisions = None if num_decisions is None else self._decisions(ids, count, topo, num_decisions)
 
     @staticmethod
@@ -229,7 +229,7 @@ class _Unrolled:
                   topo: _Topology) -> tuple[_Sparse, _Sparse]:
         """The current decision's node mean and the graph's node mean, B rows each ← last layer's ids. No sort: a
         sample's ids grow with the node index (A's rows), and read in ``perm``'s order the ids grow (Aᵀ's rows)."""
-        N, B = ids.shape
+        B = ids.shape[1]
         weights = decision_nodes * topo.node_mask / decision_nodes.sum(1, keepdim=True).clamp_min(1.0)  # [B, N]
         b, n = weights.nonzero(as_tuple=True)  # by sample, then node
         current = _Sparse(b, ids[n, b], weights[b, n], (B, count), ordered=True)

@@ -6,12 +6,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
-from stable_baselines3.common.buffers import DictReplayBuffer
-
 from agents.algorithms import AMCReplayBuffer, make_agent
 from agents.noise import SCALED_FLOOR, AMCNoise, scaled_decay
 from agents.run_folder import SearchConfig
@@ -119,6 +118,8 @@ def test_updates_per_step_multiplies_the_gradient_steps_of_each_episode(algo, up
 def test_updates_per_step_refuses_what_is_not_a_count():
     with pytest.raises(ValueError, match="updates_per_step"):
         SearchConfig("AGMCTest-Tiny-v0", updates_per_step=0)
+    with pytest.raises(ValueError, match="sigma_floor"):
+        SearchConfig("AGMCTest-Tiny-v0", sigma_floor=0.6)
     with pytest.raises(ValueError, match="updates_per_step"):
         make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc", updates_per_step=1.5)
 

@@ -172,14 +172,14 @@ def test_dense_ids_are_torch_unique_on_node_major_keys(B):
     g = torch.Generator().manual_seed(B)
     N = 13
     node = torch.arange(N).view(N, 1).expand(N, B)  # an expanded view, as the unroll's first key
-    ids, count = _dense_ids(node)
+    ids, count, _ = _dense_ids(node)
     assert torch.equal(ids, node) and count == N
     key = node * 50 + torch.randint(0, 50, (N, B), generator=g)
-    ids, count = _dense_ids(key)
+    ids, count, _ = _dense_ids(key)
     unique, inverse = torch.unique(key.reshape(-1), return_inverse=True)
     assert torch.equal(ids.reshape(-1), inverse) and count == len(unique)
     first, second = (torch.randint(0, 4, (N, B), generator=g) * 2 ** 30 for _ in range(2))  # < 2^32
-    ids, count = _combine(node, N, [(first, 2 ** 32), (second, 2 ** 32)])  # re-densifies before the second
+    ids, count, _ = _combine(node, N, [(first, 2 ** 32), (second, 2 ** 32)])  # re-densifies before the second
     rows = torch.stack([node.reshape(-1), first.reshape(-1), second.reshape(-1)], 1)
     unique, inverse = torch.unique(rows, dim=0, return_inverse=True)  # lexicographic: node-major
     assert torch.equal(ids, inverse.view(N, B)) and count == len(unique)

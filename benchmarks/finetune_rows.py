@@ -4,7 +4,9 @@ from repaired and from unrepaired weights, fine-tuned with and without distillat
 A row's start is its policy's keep ratios replayed for one episode through the grid's env with ``repair`` on or
 off (same ratios, same BN recalibration), so the two starts of a policy differ in the repair alone. The best
 searched policy is the finished search run (any stochastic method on the grid's default reward path) with the
-highest reward-split accuracy: chosen without looking at the test split. Each fine-tune is
+highest reward-split accuracy when the first of its rows starts: chosen without looking at the test split, and
+pinned in ``finetune/best-search.json`` so that runs finishing later cannot split the four rows across two
+policies. Each fine-tune is
 ``agents.finetune.finetune`` in its own folder, resumable per epoch, and a table renders whatever epochs are done:
 ``<runs>/<config>/finetune/<policy>-<repair>[-distill]-e<epochs>/``.
 """
@@ -48,6 +50,25 @@ def best_run(folders: list[Path]) -> Path | None:
     """The run whose best episode has the highest reward-split accuracy (ties: the first)."""
     scored = [(json.loads((f / "best.json").read_text())["accuracy"], -i, f) for i, f in enumerate(folders)]
     return max(scored)[2] if scored else None
+
+
+def pinned_best_run(folders: list[Path], root: Path) -> Path | None:
+    """``best_run(folders)``, its folder name recorded in ``root/best-search.json`` the first time and read back
+    ever after."""
+    pin = root / "best-search.json"
+    if pin.is_file():
+        name = json.loads(pin.read_text())["run"]
+        pinned = [f for f in folders if f.name == name]
+        if not pinned:
+            raise FileNotFoundError(f"{pin} names the finished run {name!r}, which is not among "
+                                    f"{[f.name for f in folders]}: restore that run folder, or delete {pin} to "
+                                    "choose the best search again")
+        return pinned[0]
+    best = best_run(folders)
+    if best is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        pin.write_text(json.dumps({"run": best.name, "chosen_from": sorted(f.name for f in folders)}, indent=1))
+    return best
 
 
 def start_checkpoint(source: Path, repair: str, path: Path, log=print) -> Path:

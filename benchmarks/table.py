@@ -281,8 +281,9 @@ def unpruned(config: GridConfig) -> dict[str, float]:
 def policy_source(config: GridConfig, policy: str) -> Path | None:
     """The finished run a fine-tuned row starts from: the best search by reward split, or a method's first seed."""
     if policy == finetune_rows.BEST_SEARCH:
-        return finetune_rows.best_run([run_dir(config, m, s) for m, s in runs_of(config)
-                                       if m.stochastic and not m.env and _finished(run_dir(config, m, s))])
+        return finetune_rows.pinned_best_run([run_dir(config, m, s) for m, s in runs_of(config)
+                                              if m.stochastic and not m.env and _finished(run_dir(config, m, s))],
+                                             RUNS / config.name / "finetune")
     folder = run_dir(config, method_named(policy), config.seeds[0])
     return folder if _finished(folder) else None
 
@@ -304,8 +305,9 @@ def _finetune_lines(config: GridConfig, base_test: float) -> list[str]:
     lines = ["", f"Fine-tuned rows: {epochs} epochs of `agmc finetune` (SGD + Nesterov, lr 0.01 cosine, wd 5e-4, "
              "batch 128, crop + flip, full training split; distillation: `--distill`, T = 4, α = 0.9, teacher = the "
              "unpruned net). Each starts from its policy replayed for one episode with least-squares repair "
-             "(\"repaired\") or without; \"best search\" = the search run with the highest reward-split accuracy. "
-             "Rows still running show the epochs done (they resume).", "",
+             "(\"repaired\") or without; \"best search\" = the search run with the highest reward-split accuracy "
+             "when its first row started (pinned in `finetune/best-search.json`). Rows still running show the epochs "
+             "done (they resume).", "",
              "| policy (run) | start weights | distillation | test before (%) | test after (%) | Δ test after (pt) | "
              "epochs done | minutes |", "|---|---|---|---|---|---|---|---|"]
     for row in finetune_rows.planned(config.finetune_policies):

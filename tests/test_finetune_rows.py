@@ -70,3 +70,13 @@ def test_the_table_runs_only_the_fine_tuned_rows_asked_for(tmp_path, capsys):
     assert done == ["uniform-none-distill-e1"]  # no search ran, one row fine-tuned
     rendered = (tmp_path / "results" / "smoke.md").read_text()
     assert "| uniform (uniform-s0) | not repaired | yes | " in rendered and "| 1/1 |" in rendered
+
+
+def test_the_best_search_is_pinned_by_its_first_choice(runs, tmp_path):
+    folders = [runs / "random-s0", runs / "random-s1"]
+    first = fr.pinned_best_run(folders, tmp_path)
+    assert first == fr.best_run(folders)
+    other = next(f for f in folders if f != first)
+    assert fr.pinned_best_run([other, first], tmp_path) == first  # a later, better run would not move it
+    with pytest.raises(FileNotFoundError, match="best-search.json"):
+        fr.pinned_best_run([other], tmp_path)

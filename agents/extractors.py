@@ -27,6 +27,7 @@ and the other layer types, take the generic PyG path.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import gymnasium as gym
 import torch
@@ -185,22 +186,44 @@ class _Topology:
                                  and torch.equal(self.adj.values(), other.adj.values()))
 
 
+def _half_of(t: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """(base, part) when ``t`` is the first (0) or second (1) half along dim 0 of a tensor twice its length, as the
+    replay buffer (``agents.algorithms.AMCReplayBuffer``) gathers a batch's observations and next observations."""
+    base = t._base
+    if base is None or base.shape != (2 * t.shape[0], *t.shape[1:]) or base.stride() != t.stride():
+        return None
+    offset = (t.data_ptr() - base.data_ptr()) // t.element_size()
+    return (base, offset // (t.shape[0] * t.stride(0))) if offset in (0, t.shape[0] * t.stride(0)) else None
+
+
+@dataclass
+class _Readout:
+    """Sparse maps from the last layer's distinct states to the rows of one batch: the current decision's node
+    mean and the graph's node mean (B rows each), and with the LSTM decoder the per-decision rows (T·B)."""
+
+    current: _Sparse
+    graph: _Sparse
+    decisions: _Sparse | None
+
+
 class _Unrolled:
     """A shared-graph batch as one graph over its distinct node states, built once per batch tensor and reused
     by every encoder call on it (5 per SB3 gradient step: actor, critic and both targets see the same two batch
-    tensors, observations and next observations).
+    tensors, observations and next observations). When the two are halves of one tensor (the replay buffer
+    gathers them so) they are unrolled together: they share most node states, and one unroll of 2B rows costs
+    ~0.8 of one of B rows; each half then has its own readout.
 
     A node's value after layer ℓ depends only on the features of its ℓ-hop neighbourhood, and these repeat
     across the batch. Each (node, sample) gets an id per layer, equal for two rows iff their inputs to that
     layer are: layer 0 keys on (node, x row), layer ℓ on (node, layer-(ℓ-1) ids of its neighbours in Â) — exact
     integer keys. Layer ℓ then computes one row per id, ``S_ℓ (H_{ℓ-1} W_ℓᵀ) + b_ℓ``, where S_ℓ [U_ℓ, U_{ℓ-1}]
-    holds Â's weights between the ids; ``current`` and ``graph`` map the last ids to the B rows of each readout,
-    ``decisions`` (LSTM only) to the per-decision rows (T·B), with the masks and means folded into the weights."""
+    holds Â's weights between the ids; :meth:`readout` maps the last ids to the rows of a part of the batch,
+    with the masks and means folded into the weights."""
 
     _recent: list[_Unrolled] = []  # the batches most recently unrolled, newest first
 
     def __init__(self, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
-                 num_decisions: int | None) -> None:
+                 num_decisions: int | None, parts: int = 1) -> None:
         B, N, _ = x.shape
         node = torch.arange(N, device=x.device).view(N, 1).expand(N, B)
         varying = (x.amax(0) != x.amin(0)).any(0).nonzero().view(-1).tolist()  # columns not equal in every row
@@ -221,12 +244,27 @@ class _Unrolled:
             cols = previous[topo.neighbours[n], b.unsqueeze(1)][keep]
             # Row-major already: ids grow with the node index, and Â's columns are sorted in each row.
             self.layers.append(_Sparse(rows, cols, topo.weights[n][keep], (count, previous_count), ordered=True))
-        self.current, self.graph = self._readouts(ids, count, perm, decision_nodes, topo)  # the last (stable) sort's
-        self.decisions = None if num_decisions is None else self._decisions(ids, count, topo, num_decisions)
+        self._last = ids, count, perm  # the last (stable) sort's: what the readouts are built from
+        self._parts, self._readouts = parts, {}
+        self._decision_nodes, self._topo, self._num_decisions = decision_nodes, topo, num_decisions
+
+    def readout(self, part: int = 0) -> _Readout:
+        """The readouts of part ``part`` of the batch (rows part·B/parts onwards), built on first use."""
+        if part not in self._readouts:
+            ids, count, perm = self._last
+            size = ids.shape[1] // self._parts
+            low = part * size
+            if self._parts > 1:  # this part's columns, each row still in the stable sort's order
+                ids, perm = ids[:, low:low + size], perm[(perm >= low) & (perm < low + size)].view(-1, size) - low
+            current, graph = self._read(ids, count, perm, self._decision_nodes[low:low + size], self._topo)
+            decisions = None if self._num_decisions is None else self._decisions(ids, count, self._topo,
+                                                                                  self._num_decisions)
+            self._readouts[part] = _Readout(current, graph, decisions)
+        return self._readouts[part]
 
     @staticmethod
-    def _readouts(ids: torch.Tensor, count: int, perm: torch.Tensor, decision_nodes: torch.Tensor,
-                  topo: _Topology) -> tuple[_Sparse, _Sparse]:
+    def _read(ids: torch.Tensor, count: int, perm: torch.Tensor, decision_nodes: torch.Tensor,
+              topo: _Topology) -> tuple[_Sparse, _Sparse]:
         """The current decision's node mean and the graph's node mean, B rows each ← last layer's ids. No sort: a
         sample's ids grow with the node index (A's rows), and read in ``perm``'s order the ids grow (Aᵀ's rows)."""
         B = ids.shape[1]
@@ -252,19 +290,23 @@ class _Unrolled:
 
     @classmethod
     def of(cls, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
-           num_decisions: int | None) -> _Unrolled:
-        """The unrolled batch, cached for the last two batches seen by any extractor: a gradient step uses two
-        (observations, next observations), SAC's in the order obs, next, next, obs, obs. The cache keeps the
-        tensors alive and checks their versions, so a tensor changed in place is unrolled again."""
-        key = (x._version, decision_nodes._version, layers, num_decisions)
+           num_decisions: int | None) -> tuple[_Unrolled, _Readout]:
+        """The unrolled batch and the readout of ``x``'s rows. Cached for the last two batches seen by any extractor:
+        a gradient step uses two (observations, next observations: one when they are halves of one tensor), SAC's
+        in the order obs, next, next, obs, obs. The cache keeps the tensors alive and checks their versions, so a
+        tensor changed in place is unrolled again."""
+        halves, part, parts = (_half_of(x), _half_of(decision_nodes)), 0, 1
+        if None not in halves and halves[0][1] == halves[1][1]:
+            (x, part), (decision_nodes, _), parts = halves[0], halves[1], 2
+        key = (x._version, decision_nodes._version, layers, num_decisions, parts)
         for unrolled in cls._recent:
             if unrolled.inputs[0] is x and unrolled.inputs[1] is decision_nodes and unrolled.key == key \
                     and unrolled.topo.same_graph(topo):
-                return unrolled
-        unrolled = cls(x, decision_nodes, topo, layers, num_decisions)
+                return unrolled, unrolled.readout(part)
+        unrolled = cls(x, decision_nodes, topo, layers, num_decisions, parts)
         unrolled.inputs, unrolled.key, unrolled.topo = (x, decision_nodes), key, topo
         cls._recent = [unrolled] + cls._recent[:1]
-        return unrolled
+        return unrolled, unrolled.readout(part)
 
 
 class GraphEncoderExtractor(BaseFeaturesExtractor):
@@ -311,15 +353,15 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         """The shared-graph path: every layer and the readouts on the batch's distinct node states."""
         B = obs["x"].shape[0]
         T = self.num_decisions if self.decoder == "lstm" else None
-        unrolled = _Unrolled.of(obs["x"], obs["decision_nodes"], topo, len(self.convs), T)
+        unrolled, readout = _Unrolled.of(obs["x"], obs["decision_nodes"], topo, len(self.convs), T)
         h = unrolled.x
         for conv, a in zip(self.convs, unrolled.layers):
             # in place: _Aggregate keeps nothing of its output for backward
             h = torch.relu_(_Aggregate.apply(a, conv.lin(h), conv.bias))
-        current, graph = _Aggregate.apply(unrolled.current, h, None), _Aggregate.apply(unrolled.graph, h, None)
+        current, graph = _Aggregate.apply(readout.current, h, None), _Aggregate.apply(readout.graph, h, None)
         if T is None:
             return torch.cat([current, graph], 1)
-        per_decision = _Aggregate.apply(unrolled.decisions, h, None).view(T, B, -1)
+        per_decision = _Aggregate.apply(readout.decisions, h, None).view(T, B, -1)
         seq = torch.cat([per_decision, graph.unsqueeze(0).expand(T, -1, -1)], 2).transpose(0, 1)
         out, _ = self.lstm(seq)
         t = obs["decision_index"].long().view(-1).clamp(0, T - 1)

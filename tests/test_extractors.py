@@ -106,7 +106,7 @@ def test_fast_path_equals_pyg_path(kwargs, padded):
     assert unrolled.x.shape[0] <= sizes[0] < 3 * obs["x"].shape[1]
     # built as ordered CSR without a sort (the layers, both readouts and the graph readout's transpose): the
     # invariants (sorted columns in each row) hold, and the transposes are the matrices' own
-    for s in unrolled.layers + [unrolled.current, unrolled.graph]:
+    for s in unrolled.layers + [unrolled.readout().current, unrolled.readout().graph]:
         for m in (s.a, s.t):
             torch._validate_sparse_csr_tensor_args(m.crow_indices(), m.col_indices(), m.values(), m.shape)
         assert torch.equal(s.t.to_dense(), s.a.to_dense().t())
@@ -143,6 +143,32 @@ def test_expanded_static_keys_take_the_fast_path_with_the_same_result_and_gradie
     (fast, fast_grads), (generic, generic_grads) = _fast_and_generic(ext, expanded)
     assert torch.allclose(fast, generic, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(fast_grads, generic_grads))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"decoder": "lstm"}])
+def test_halves_of_one_tensor_are_unrolled_together_with_the_results_of_each_alone(kwargs):
+    torch.manual_seed(0)
+    ext = GraphEncoderExtractor(ENV.observation_space, **kwargs)
+    first, high, low = _two_states()
+    obs, nxt = _batch(high, low, first), _batch(low, first, low)
+    alone = [_fast_and_generic(ext, o)[0] for o in (obs, nxt)]
+    both = {k: torch.cat([obs[k], nxt[k]]) for k in obs}  # as AMCReplayBuffer gathers x and decision_nodes
+    halves = [{**o, **{k: both[k][i * 3:(i + 1) * 3] for k in ("x", "decision_nodes")}}
+              for i, o in enumerate((obs, nxt))]
+    for half, (out, grads) in zip(halves, alone):
+        ext.zero_grad()
+        got = ext(half)
+        got.square().sum().backward()
+        assert torch.allclose(got, out, atol=1e-6)
+        assert all(torch.allclose(p.grad, g, atol=1e-6, rtol=1e-5) for p, g in zip(ext.parameters(), grads))
+    unrolled = _Unrolled._recent[0]
+    assert unrolled.inputs[0] is both["x"] and set(unrolled._readouts) == {0, 1}  # one unroll for both halves
+    for part in (0, 1):
+        r = unrolled.readout(part)
+        for s in [r.current, r.graph] + ([r.decisions] if r.decisions is not None else []):
+            for m in (s.a, s.t):
+                torch._validate_sparse_csr_tensor_args(m.crow_indices(), m.col_indices(), m.values(), m.shape)
+            assert torch.equal(s.t.to_dense(), s.a.to_dense().t())
 
 
 def test_unrolled_batch_follows_the_tensor_and_its_version():

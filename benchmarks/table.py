@@ -307,9 +307,10 @@ def _finetune_lines(config: GridConfig, base_test: float) -> list[str]:
              "unpruned net). Each starts from its policy replayed for one episode with least-squares repair "
              "(\"repaired\") or without; \"best search\" = the search run with the highest reward-split accuracy "
              "when its first row started (pinned in `finetune/best-search.json`). Rows still running show the epochs "
-             "done (they resume).", "",
+             "done (they resume). Wall minutes are the epochs' wall-clock time, including any time the process was "
+             "paused or shared its core (the CPU rows ran beside searches, one thread each).", "",
              "| policy (run) | start weights | distillation | test before (%) | test after (%) | Δ test after (pt) | "
-             "epochs done | minutes |", "|---|---|---|---|---|---|---|---|"]
+             "epochs done | wall minutes |", "|---|---|---|---|---|---|---|---|"]
     for row in finetune_rows.planned(config.finetune_policies):
         r = finetune_rows.result(row, RUNS / config.name / "finetune", epochs)
         source = f" ({r['source']})" if r else ""

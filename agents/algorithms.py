@@ -66,6 +66,21 @@ class UpdatesPerStep:
         super().train(gradient_steps * self.updates_per_step, batch_size)
 
 
+class SingleThreadUpdate:
+    """Mixin for SB3 off-policy algorithms: the gradient steps run on one intra-op thread, and the env keeps
+    torch's thread count. The update is hundreds of small ops per step (batch 64, 300-wide heads), and a second
+    thread only adds overhead: the same train() took 0.418 s at 1 thread and 0.443 s at 2 (ResNet-56 DDPG+gnn,
+    27 steps, 2-core EPYC; benchmarks/results/search_speed.md)."""
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            super().train(gradient_steps, batch_size)
+        finally:
+            torch.set_num_threads(threads)
+
+
 class TD3Update:
     """Mixin for SB3's TD3 and DDPG (a TD3 with one critic, no target noise and no policy delay): ``TD3.train``
     step for step, the same draws and arithmetic, but the target networks' Polyak averaging is two foreach ops
@@ -110,11 +125,11 @@ class TD3Update:
         self.logger.record("train/critic_loss", np.mean(critic_losses))
 
 
-class AMCDDPG(ActorLearningRate, UpdatesPerStep, TD3Update, TruncatedNormalExploration, DDPG):
+class AMCDDPG(ActorLearningRate, SingleThreadUpdate, UpdatesPerStep, TD3Update, TruncatedNormalExploration, DDPG):
     """SB3 DDPG exploring with AMC's truncated normal."""
 
 
-class AMCTD3(ActorLearningRate, UpdatesPerStep, TD3Update, TruncatedNormalExploration, TD3):
+class AMCTD3(ActorLearningRate, SingleThreadUpdate, UpdatesPerStep, TD3Update, TruncatedNormalExploration, TD3):
     """SB3 TD3 exploring with AMC's truncated normal."""
 
 
@@ -164,7 +179,7 @@ class AMCSACPolicy(SACMultiInputPolicy):
         return ActorLossCritic(**critic_kwargs).to(self.device)
 
 
-class AMCSAC(ActorLearningRate, UpdatesPerStep, SAC):
+class AMCSAC(ActorLearningRate, SingleThreadUpdate, UpdatesPerStep, SAC):
     """SB3 SAC (its own entropy-driven exploration) with :class:`AMCSACPolicy`."""
 
 

@@ -278,6 +278,16 @@ def unpruned(config: GridConfig) -> dict[str, float]:
     return result
 
 
+def _recorded_weights(config: GridConfig) -> str | None:
+    """The checkpoint the grid's runs recorded (not the one this render's environment would pick): a render
+    without ``$AGMC_WEIGHTS_DIR`` must not relabel runs made on the JPEG-adapted weights."""
+    for method, seed in runs_of(config):
+        record = run_dir(config, method, seed) / "run.json"
+        if record.is_file():
+            return json.loads(record.read_text())["identity"]["env_kwargs"].get("weights")
+    return config.env_kwargs.get("weights")
+
+
 def policy_source(config: GridConfig, policy: str) -> Path | None:
     """The finished run a fine-tuned row starts from: the best search by reward split, or a method's first seed."""
     if policy == finetune_rows.BEST_SEARCH:
@@ -383,7 +393,7 @@ def render(config: GridConfig, argv: list[str]) -> None:
 
     import torch
 
-    weights = config.env_kwargs.get("weights", f"akamaster {config.model} (published checkpoint)")
+    weights = _recorded_weights(config) or f"akamaster {config.model} (published checkpoint)"
     lines = [
         f"# {config.name}: {config.env_id}, every method at the preset's MACs budget", "",
         f"Regenerate: `AGMC_DATA_DIR=../shared/data/cifar10 AGMC_WEIGHTS_DIR=../shared/weights python -m benchmarks.table {config.name}`"

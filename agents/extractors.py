@@ -117,10 +117,14 @@ def _combine(key: torch.Tensor, bound: int, columns: list[tuple[torch.Tensor, in
 
 
 def _value_ids(column: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Exact integer ids of a column's values, and their bound. float32: the bits themselves (no sort; equal
-    bits, equal values; 0.0 and -0.0 only get two ids), else the rank among the distinct values."""
+    """Exact integer ids of a column's values, and their bound. float32: the bits themselves less the smallest
+    (no sort; equal bits, equal values; 0.0 and -0.0 only get two ids): keep ratios in (0, 1] span < 2^26 bit
+    patterns, so two such columns pack into one key without a re-densifying sort. Else the rank among the
+    distinct values."""
     if column.dtype == torch.float32:
-        return column.view(torch.int32).long() & 0xFFFFFFFF, 2 ** 32
+        bits = column.view(torch.int32).long() & 0xFFFFFFFF
+        low, high = torch.aminmax(bits)
+        return bits - low, int(high - low) + 1
     values, inverse = torch.unique(column, return_inverse=True)
     return inverse, len(values)
 

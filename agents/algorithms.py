@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from agents.extractors import EMBEDDINGS
-from agents.noise import SCALED_FLOOR, AMCNoise, TruncatedNormalExploration, scaled_decay
+from agents.noise import SCALED_FLOOR, AMCNoise, TruncatedNormalExploration, check_sigma_floor, scaled_decay
 
 CREDITS = ("terminal", "episode")
 EXPLORATIONS = ("amc", "scaled")
@@ -152,15 +152,16 @@ class ActorLossCritic(ContinuousCritic):
     def forward(self, obs, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.share_features_extractor or not actions.requires_grad:
             return super().forward(obs, actions)
-        with torch.no_grad():
-            features = self.extract_features(obs, self.features_extractor)
-        qvalue_input = torch.cat([features, actions], dim=1)
+        qvalue_input = self._actor_loss_input(obs, actions)
         return tuple(_input_grad_only(q_net, qvalue_input) for q_net in self.q_networks)
 
     def q1_forward(self, obs, actions: torch.Tensor) -> torch.Tensor:
+        return _input_grad_only(self.q_networks[0], self._actor_loss_input(obs, actions))
+
+    def _actor_loss_input(self, obs, actions: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             features = self.extract_features(obs, self.features_extractor)
-        return _input_grad_only(self.q_networks[0], torch.cat([features, actions], dim=1))
+        return torch.cat([features, actions], dim=1)
 
 
 class AMCTD3Policy(TD3MultiInputPolicy):
@@ -251,9 +252,10 @@ class AMCReplayBuffer(DictReplayBuffer):
             self.observations, self.next_observations = full
         rows, B = torch.as_tensor(batch_inds), len(batch_inds)
         for k in joint:
-            both = torch.empty((2 * B, *self.obs_shape[k]), dtype=torch.from_numpy(self.observations[k][:1]).dtype)
-            for half, stored in zip((both[:B], both[B:]), (self.observations[k], self.next_observations[k])):
-                torch.index_select(torch.from_numpy(stored[:, 0]), 0, rows, out=half)
+            sources = [torch.from_numpy(d[k][:, 0]) for d in full]  # observations, next observations (one env)
+            both = sources[0].new_empty((2 * B, *sources[0].shape[1:]))
+            for half, source in zip((both[:B], both[B:]), sources):
+                torch.index_select(source, 0, rows, out=half)
             both = both.to(self.device)
             data.observations[k], data.next_observations[k] = both[:B], both[B:]
         self._share_static(data.observations, B)
@@ -312,9 +314,7 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
     options["replay_buffer_class"] = AMCReplayBuffer  # credit="terminal", no baseline: SB3's + the shared graph
     options["replay_buffer_kwargs"] = {"credit": credit, "baseline": reward_baseline}
     if algo in ("ddpg", "td3"):
-        if not 0.0 < sigma_floor <= 0.5:
-            raise ValueError(f"sigma_floor={sigma_floor!r} must be in (0, 0.5] "
-                             "(σ's floor on [0, 1], AMC's σ0 is 0.5)")
+        check_sigma_floor(sigma_floor)
         floor = 0.0 if exploration == "amc" else 2 * sigma_floor  # SB3's action units span [-1, 1]
         decay = 0.95 if exploration == "amc" else scaled_decay(episodes - warmup, floor=floor)
         options["action_noise"] = AMCNoise(sigma=1.0, decay=decay, warmup_episodes=warmup, seed=seed, floor=floor)

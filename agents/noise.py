@@ -14,6 +14,12 @@ from stable_baselines3.common.noise import ActionNoise
 SCALED_FLOOR = 0.1  # σ's floor with exploration="scaled", in SB3's units (0.05 on [0, 1])
 
 
+def check_sigma_floor(sigma_floor: float) -> None:
+    """``sigma_floor`` is σ's floor on [0, 1] (AMC's σ0 is 0.5 there): refuse one outside (0, 0.5]."""
+    if not 0.0 < sigma_floor <= 0.5:
+        raise ValueError(f"sigma_floor={sigma_floor!r} must be in (0, 0.5] (σ's floor on [0, 1], AMC's σ0 is 0.5)")
+
+
 def scaled_decay(episodes: int, sigma: float = 1.0, floor: float = SCALED_FLOOR, at: float = 2 / 3) -> float:
     """The per-episode decay that takes σ from ``sigma`` to ``floor`` at ``at`` of ``episodes`` (after warm-up),
     instead of AMC's fixed 0.95 (σ ≈ 0 after ~100 episodes whatever the search length)."""

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from agents.noise import check_sigma_floor
 from agmc_env.options import KINDS
 
 RUN, EPISODES, TRAJECTORIES = "run.json", "episodes.csv", "trajectories.jsonl"
@@ -64,9 +65,7 @@ class SearchConfig:
             value = getattr(self, name)
             if not KINDS[kind].fits(value):
                 raise ValueError(f"{name}={value!r} must be {KINDS[kind].what}")
-        if not 0.0 < self.sigma_floor <= 0.5:  # before a run folder records it: make_agent would refuse it
-            raise ValueError(f"sigma_floor={self.sigma_floor!r} must be in (0, 0.5] "
-                             "(σ's floor on [0, 1], AMC's σ0 is 0.5)")
+        check_sigma_floor(self.sigma_floor)  # before a run folder records it: make_agent would refuse it
 
     def identity(self) -> dict[str, Any]:
         """What must match for a folder's run to be resumed (the episode count may be extended)."""

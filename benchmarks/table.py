@@ -6,8 +6,9 @@
 Each run is a Ray Tune trial (``benchmarks.grid``: Ray on this machine, or ``--address`` a cluster; a trial
 whose process dies is retried); without Ray (or with ``--sequential``) the runs go one after the other in
 this process. Runs live in ``benchmarks/runs/<config>/<method>-s<seed>/`` (git-ignored, resumable: finished
-runs are skipped, interrupted ones continue). The command (or ``--render-only``) then renders what has
-finished into ``benchmarks/results/``:
+runs are skipped, interrupted ones continue). The command (or ``--render-only``) then records what has finished
+in ``benchmarks/results/records/<config>/`` (committed: ``benchmarks.records``; a recorded cell counts as done on
+any checkout) and renders the records into ``benchmarks/results/``:
 ``<config>.md`` (table + paper numbers + provenance), ``<config>.csv`` (one row per run),
 ``<config>_curves.csv`` and ``<config>_curves.png`` (best-so-far reward-split accuracy per episode).
 """
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import finetune_rows, grid
+from benchmarks import finetune_rows, grid, records
 
 ROOT = Path(__file__).parent
 RESULTS, RUNS = ROOT / "results", ROOT / "runs"
@@ -178,9 +179,13 @@ def _machines(folder: Path) -> list[dict[str, Any]]:
         return []
 
 
+def _record_path(config: GridConfig, method: Method, seed: int) -> Path:
+    return records.folder(RESULTS, config.name) / f"{run_dir(config, method, seed).name}.json"
+
+
 def _pending(config: GridConfig, only: set[str] | None) -> list[tuple[Method, int]]:
-    return [(m, s) for m, s in runs_of(config)
-            if (only is None or m.name in only) and not _finished(run_dir(config, m, s))]
+    return [(m, s) for m, s in runs_of(config) if (only is None or m.name in only)
+            and not _finished(run_dir(config, m, s)) and not _record_path(config, m, s).is_file()]
 
 
 def method_named(name: str) -> Method:
@@ -262,7 +267,7 @@ def test_accuracy(folder: Path) -> float:
 
 
 def unpruned(config: GridConfig) -> dict[str, float]:
-    cache = RUNS / config.name / "unpruned.json"
+    cache = records.folder(RESULTS, config.name) / "unpruned.json"
     if cache.exists():
         return json.loads(cache.read_text())
     from agmc_env import make_task
@@ -273,27 +278,29 @@ def unpruned(config: GridConfig) -> dict[str, float]:
     result = {"val_accuracy": val.evaluator.accuracy(val.analysis.gm),
               "test_accuracy": test.evaluator.accuracy(test.analysis.gm),
               "macs": val.cost.base_macs, "params": val.cost.base_params}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(result))
-    return result
+    return records.write(cache, result)
 
 
 def _recorded_weights(config: GridConfig) -> str | None:
     """The checkpoint the grid's runs recorded (not the one this render's environment would pick): a render
     without ``$AGMC_WEIGHTS_DIR`` must not relabel runs made on the JPEG-adapted weights."""
     for method, seed in runs_of(config):
-        record = run_dir(config, method, seed) / "run.json"
-        if record.is_file():
-            return json.loads(record.read_text())["identity"]["env_kwargs"].get("weights")
+        record = records.read(_record_path(config, method, seed))
+        if record is not None:
+            return record["weights"]
     return config.env_kwargs.get("weights")
+
+
+def _weights_of(folder: Path) -> str | None:
+    return json.loads((folder / "run.json").read_text())["identity"]["env_kwargs"].get("weights")
 
 
 def policy_source(config: GridConfig, policy: str) -> Path | None:
     """The finished run a fine-tuned row starts from: the best search by reward split, or a method's first seed."""
-    if policy == finetune_rows.BEST_SEARCH:
+    if policy == finetune_rows.BEST_SEARCH:  # pinned in the records: the choice outlives the run folders
         return finetune_rows.pinned_best_run([run_dir(config, m, s) for m, s in runs_of(config)
                                               if m.stochastic and not m.env and _finished(run_dir(config, m, s))],
-                                             RUNS / config.name / "finetune")
+                                             records.folder(RESULTS, config.name) / "finetune")
     folder = run_dir(config, method_named(policy), config.seeds[0])
     return folder if _finished(folder) else None
 
@@ -322,7 +329,7 @@ def _finetune_lines(config: GridConfig, base_test: float) -> list[str]:
              "| policy (run) | start weights | distillation | test before (%) | test after (%) | Δ test after (pt) | "
              "epochs done | wall minutes |", "|---|---|---|---|---|---|---|---|"]
     for row in finetune_rows.planned(config.finetune_policies):
-        r = finetune_rows.result(row, RUNS / config.name / "finetune", epochs)
+        r = _finetune_result(config, row)
         source = f" ({r['source']})" if r else ""
         start = "repaired" if row.repair != "none" else "not repaired"
         head = f"| {row.policy}{source} | {start} | {'yes' if row.distill else 'no'} |"
@@ -332,29 +339,38 @@ def _finetune_lines(config: GridConfig, base_test: float) -> list[str]:
     return lines
 
 
+def _finetune_result(config: GridConfig, row: finetune_rows.FinetuneRow) -> dict[str, Any] | None:
+    """The row's result from its fine-tune folder (refreshing its record), else from its record."""
+    path = records.folder(RESULTS, config.name) / "finetune" / f"{row.folder(Path(), config.finetune_epochs)}.json"
+    r = finetune_rows.result(row, RUNS / config.name / "finetune", config.finetune_epochs)
+    return records.read(path) if r is None else records.write(path, r)
+
+
 def _episodes(folder: Path) -> list[dict[str, str]]:
     with open(folder / "episodes.csv", newline="") as f:
         return list(csv.DictReader(f))
 
 
 def _run_row(config: GridConfig, method: Method, seed: int, base_test: float) -> dict[str, Any] | None:
-    folder = run_dir(config, method, seed)
+    """The cell's table row from its finished run folder (refreshing its record), else from its record."""
+    folder, path = run_dir(config, method, seed), _record_path(config, method, seed)
     if not _finished(folder):
-        return None
+        record = records.read(path)
+        return None if record is None else {**record, "delta_test": record["test_accuracy"] - base_test}
     rows = _episodes(folder)
     acc = np.array([float(r["accuracy"]) for r in rows])
     best_so_far = np.maximum.accumulate(acc)
     best = json.loads((folder / "best.json").read_text())
     test = test_accuracy(folder)
-    return {
+    return records.write(path, {
         "method": method.name, "seed": seed, "episodes": len(rows), "macs_kept": best["flops_ratio"],
         "params_kept": best["params_ratio"], "val_accuracy": best["accuracy"], "test_accuracy": test,
         "delta_test": test - base_test,
         "episodes_to_within_0.5pt": int(np.argmax(best_so_far >= best_so_far[-1] - 0.005)) + 1,
         "search_seconds": sum(float(r["seconds"]) for r in rows),
         "machine": _machine_label(folder),
-        "curve": best_so_far.tolist(), "keep_ratios": best["keep_ratios"],
-    }
+        "curve": best_so_far.tolist(), "keep_ratios": best["keep_ratios"], "weights": _weights_of(folder),
+    })
 
 
 def _machine_label(folder: Path) -> str:
@@ -378,7 +394,8 @@ def render(config: GridConfig, argv: list[str]) -> None:
     base = unpruned(config)
     rows = [r for m, s in runs_of(config) if (r := _run_row(config, m, s, base["test_accuracy"])) is not None]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    fields = [k for k in (rows[0] if rows else {}) if k not in ("curve", "keep_ratios")]
+    fields = ["method", "seed", "episodes", "macs_kept", "params_kept", "val_accuracy", "test_accuracy", "delta_test",
+              "episodes_to_within_0.5pt", "search_seconds", "machine"]
     with open(RESULTS / f"{config.name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -444,6 +461,12 @@ def render(config: GridConfig, argv: list[str]) -> None:
               "| source | base (%) | pruned (%) | Δ (pt) |", "|---|---|---|---|"]
     for label, b, p in PAPER.get(config.model, []):
         lines.append(f"| {label} | {b:.2f} | {p:.2f} | {p - b:+.2f} |")
+    lost = [r for r in rows if r["keep_ratios"] is None]
+    if lost:
+        lines += ["", f"{len(lost)} runs' records were rebuilt from earlier renders' CSVs after their run folders were "
+                  "lost, without their keep ratios: the ratios picture leaves them out; they are drawn in "
+                  + "; ".join(f"{where} ({n} runs)" for where, n in Counter(r["keep_ratios_in"] for r in lost).items())
+                  + "."]
     lines += ["", f"Curves: `{config.name}_curves.png` (data in `{config.name}_curves.csv`); what each search learned — "
               f"the best policy's keep ratio per decision, per method: `{config.name}_ratios.png`; per-run rows: "
               f"`{config.name}.csv`.", ""]
@@ -465,6 +488,7 @@ def _plot_ratios(config: GridConfig, rows: list[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["keep_ratios"] is not None]  # records rebuilt without them: see the table's note
     methods = [m for m in METHODS if any(r["method"] == m.name for r in rows)]
     if not methods:
         return

@@ -17,7 +17,10 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
 - credit assignment: ``credit="episode"`` (AMC's amc_search.py): at the end of an episode every one of its
   transitions is given the final reward; ``"terminal"`` keeps the env's reward (0 until the final accuracy);
 - AMC's moving-average reward baseline (``reward_baseline``): b ← b + 0.5·(mean rewarded value of the batch − b),
-  subtracted from the rewarded transitions (all of them with ``credit="episode"``, else the terminal ones).
+  subtracted from the rewarded transitions (all of them with ``credit="episode"``, else the terminal ones);
+- ``reward_scale`` (off by default): rewards (after the baseline) are divided by the standard deviation of the
+  warm-up episodes' final rewards, fixed when learning starts. Accuracies of different policies differ by a few
+  hundredths, a small target for a critic whose step size (Adam) does not shrink with the target.
 """
 from __future__ import annotations
 
@@ -192,7 +195,8 @@ class AMCReplayBuffer(DictReplayBuffer):
 
     ``credit="episode"``: when an episode's last transition arrives, the rewards of all its transitions are
     set to its final reward. ``baseline=True``: a moving average of the rewarded transitions' rewards in each
-    sampled batch is subtracted from them.
+    sampled batch is subtracted from them. ``scale=True``: then they are divided by ``reward_std``, the standard
+    deviation of the final rewards of the episodes stored when the first batch is sampled (the warm-up's).
 
     Observation keys that have been the same in every transition so far (the graph: edge_index, edge_mask,
     node_mask, node_decision) are handed over as one float32 row expanded to the batch (batch-stride 0, the
@@ -200,12 +204,14 @@ class AMCReplayBuffer(DictReplayBuffer):
     batch shares one topology without comparing rows."""
 
     def __init__(self, *args: Any, credit: str = "terminal", baseline: bool = False, baseline_rate: float = 0.5,
-                 **kwargs: Any) -> None:
+                 scale: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if credit not in CREDITS:
             raise ValueError(f"unknown credit {credit!r}; choose one of {CREDITS}")
         self.credit, self.use_baseline, self.baseline_rate = credit, baseline, baseline_rate
         self.baseline: float | None = None
+        self.use_scale, self.reward_std = scale, None  # reward_std: fixed at the first sample
+        self._finals: list[float] = []  # the final reward of each stored episode
         self._episode_len = 0
         self._static: dict[str, np.ndarray] | None = None  # key → its value in every transition so far
         self._static_rows: dict[str, torch.Tensor] = {}
@@ -216,6 +222,7 @@ class AMCReplayBuffer(DictReplayBuffer):
         self._track_static(next_obs)
         self._episode_len += 1
         if bool(np.asarray(done).reshape(-1)[0]):
+            self._finals.append(float(np.asarray(reward).reshape(-1)[0]))
             if self.credit == "episode":  # the episode's transitions, newest first, around the ring buffer
                 idx = (self.pos - 1 - np.arange(min(self._episode_len, self.buffer_size))) % self.buffer_size
                 self.rewards[idx] = np.asarray(reward, dtype=np.float32).reshape(-1)[0]
@@ -264,14 +271,21 @@ class AMCReplayBuffer(DictReplayBuffer):
 
     def sample(self, batch_size: int, env=None):
         data = super().sample(batch_size, env)
+        if self.use_scale and self.reward_std is None:
+            self.reward_std = max(float(np.std(self._finals)), 1e-3)  # 1e-3: warm-up episodes all alike
         if not self.use_baseline:
-            return data
+            return self._scaled(data)
         rewarded = data.dones > 0.5 if self.credit == "terminal" else torch.ones_like(data.dones, dtype=torch.bool)
         if rewarded.any():
             mean = float(data.rewards[rewarded].mean())
             self.baseline = mean if self.baseline is None else self.baseline + self.baseline_rate * (mean - self.baseline)
         if self.baseline is not None:
             data.rewards.sub_(self.baseline * rewarded.float())
+        return self._scaled(data)
+
+    def _scaled(self, data):
+        if self.use_scale:
+            data.rewards.div_(self.reward_std)
         return data
 
 
@@ -294,6 +308,7 @@ def _adam_kwargs(device: str) -> dict[str, Any]:
 def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, warmup: int = 25, seed: int = 0,
                reward_baseline: bool = True, credit: str = "episode", exploration: str = "scaled",
                learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, updates_per_step: int = 1,
+               reward_scale: bool = False,
                sigma_floor: float = SCALED_FLOOR / 2, batch_size: int = 64,
                extractor_kwargs: dict | None = None, tensorboard_log: str | None = None,
                device: str = "auto", verbose: int = 0) -> OffPolicyAlgorithm:
@@ -312,7 +327,7 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
         policy_kwargs=policy_kwargs, seed=seed, device=device, verbose=verbose, tensorboard_log=tensorboard_log,
     )
     options["replay_buffer_class"] = AMCReplayBuffer  # credit="terminal", no baseline: SB3's + the shared graph
-    options["replay_buffer_kwargs"] = {"credit": credit, "baseline": reward_baseline}
+    options["replay_buffer_kwargs"] = {"credit": credit, "baseline": reward_baseline, "scale": reward_scale}
     if algo in ("ddpg", "td3"):
         check_sigma_floor(sigma_floor)
         floor = 0.0 if exploration == "amc" else 2 * sigma_floor  # SB3's action units span [-1, 1]

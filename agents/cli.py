@@ -123,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="gradient steps per collected transition (default 1, AMC's)")
     s.add_argument("--sigma-floor", type=_kind("positive number"), default=0.05,
                    help="DDPG/TD3 with --exploration scaled: σ's floor on [0, 1] (default 0.05)")
+    s.add_argument("--reward-scale", action=argparse.BooleanOptionalAction, default=False,
+                   help="divide rewards (after the baseline) by the warm-up episodes' reward std (default off)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out (also automatic)")
     _add_run_options(s)
 
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 config = SearchConfig(args.env_id, method, args.embedding, args.episodes, args.warmup, args.seed,
                                       args.reward_baseline, _env_kwargs(args), args.credit, args.exploration,
-                                      args.actor_lr, args.updates_per_step, args.sigma_floor)
+                                      args.actor_lr, args.updates_per_step, args.sigma_floor, args.reward_scale)
                 best = run_search(config, args.out, force=args.force, progress=not args.no_progress)
             print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
         elif args.command == "evaluate":

@@ -38,7 +38,7 @@ class RunError(RuntimeError):
 
 # What a run recorded before these fields existed had: terminal reward, AMC's σ decay, one learning rate.
 LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1,
-          "sigma_floor": 0.05}
+          "sigma_floor": 0.05, "reward_scale": False}
 
 
 @dataclass
@@ -57,6 +57,7 @@ class SearchConfig:
     actor_lr: float | None = 1e-4  # RL: the actor's learning rate (None: the critic's, 1e-3)
     updates_per_step: int = 1  # RL: gradient steps per collected transition
     sigma_floor: float = 0.05  # DDPG/TD3 with exploration="scaled": σ's floor on [0, 1]
+    reward_scale: bool = False  # RL: divide rewards by the warm-up episodes' reward std
 
     def __post_init__(self) -> None:
         # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.

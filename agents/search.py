@@ -41,6 +41,7 @@ def save_agent_checkpoint(folder: RunFolder, model: OffPolicyAlgorithm) -> None:
         "torch_rng": torch.get_rng_state(), "action_space_rng": model.action_space.np_random.bit_generator.state,
         "noise": noise.state() if noise is not None else None,
         "baseline": getattr(model.replay_buffer, "baseline", None),
+        "reward_std": getattr(model.replay_buffer, "reward_std", None),
     }})
 
 
@@ -160,6 +161,7 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
         _rebuild_buffer(model, env, ckpt["trajectories"])
         if state["baseline"] is not None:
             model.replay_buffer.baseline = state["baseline"]
+        model.replay_buffer.reward_std = state.get("reward_std")  # the rebuilt buffer holds later episodes too
         if state["noise"] is not None:
             model.action_noise.load_state(state["noise"])
         random.setstate(state["python_rng"])
@@ -173,6 +175,7 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
                            warmup=config.warmup, seed=config.seed, reward_baseline=config.reward_baseline,
                            credit=config.credit, exploration=config.exploration, actor_lr=config.actor_lr,
                            updates_per_step=config.updates_per_step, sigma_floor=config.sigma_floor,
+                           reward_scale=config.reward_scale,
                            device=device)
         remaining = config.episodes * T
     model.set_logger(configure(str(folder.path(TENSORBOARD)), ["tensorboard"] if _has_tensorboard() else ["csv"]))

@@ -55,6 +55,24 @@ def test_baseline_is_subtracted_from_every_rewarded_transition():
     assert buffer.baseline is not None and abs(float(data.rewards.mean())) < abs(raw.mean()) + 1
 
 
+def test_reward_scale_divides_by_the_warmup_episodes_std_and_then_stays():
+    env = tiny_env()
+    T = env.num_decisions
+    kwargs = dict(credit="episode", baseline=True)
+    plain = AMCReplayBuffer(8 * T, env.observation_space, env.action_space, **kwargs)
+    scaled = AMCReplayBuffer(8 * T, env.observation_space, env.action_space, scale=True, **kwargs)
+    finals = [_fill(b, env, 4, T, np.random.default_rng(2)) for b in (plain, scaled)][0]
+    np.random.seed(0)
+    a = plain.sample(16)
+    np.random.seed(0)
+    b = scaled.sample(16)
+    assert scaled.reward_std == pytest.approx(np.std(finals))
+    torch.testing.assert_close(b.rewards, a.rewards / scaled.reward_std)
+    _fill(scaled, env, 3, T, np.random.default_rng(3))  # later episodes do not move the scale
+    scaled.sample(16)
+    assert scaled.reward_std == pytest.approx(np.std(finals))
+
+
 def test_scaled_exploration_reaches_its_floor_at_two_thirds():
     episodes, warmup = 300, 25
     noise = AMCNoise(sigma=1.0, decay=scaled_decay(episodes - warmup), warmup_episodes=warmup, floor=SCALED_FLOOR)
@@ -133,7 +151,7 @@ def test_amc_settings_search_resumes_and_old_folders_still_match(tmp_path):
     # a run.json written before these fields existed: it ran with a terminal reward, AMC's σ and one rate
     old = SearchConfig("AGMCTest-Tiny-v0", credit="terminal", exploration="amc", actor_lr=None)
     recorded = {k: v for k, v in old.identity().items()
-                if k not in ("credit", "exploration", "actor_lr", "updates_per_step", "sigma_floor")}
+                if k not in ("credit", "exploration", "actor_lr", "updates_per_step", "sigma_floor", "reward_scale")}
     assert old.same_run(json.loads(json.dumps(recorded)))
     assert not config.same_run(recorded)
 

@@ -298,11 +298,27 @@ def _weights_of(folder: Path) -> str | None:
 def policy_source(config: GridConfig, policy: str) -> Path | None:
     """The finished run a fine-tuned row starts from: the best search by reward split, or a method's first seed."""
     if policy == finetune_rows.BEST_SEARCH:  # pinned in the records: the choice outlives the run folders
-        return finetune_rows.pinned_best_run([run_dir(config, m, s) for m, s in runs_of(config)
-                                              if m.stochastic and not m.env and _finished(run_dir(config, m, s))],
-                                             records.folder(RESULTS, config.name) / "finetune")
-    folder = run_dir(config, method_named(policy), config.seeds[0])
+        candidates = [(m, s) for m, s in runs_of(config) if m.stochastic and not m.env]
+        try:
+            return finetune_rows.pinned_best_run([run_dir(config, m, s) for m, s in candidates
+                                                  if _finished(run_dir(config, m, s))],
+                                                 records.folder(RESULTS, config.name) / "finetune")
+        except FileNotFoundError as exc:
+            pinned = json.loads((records.folder(RESULTS, config.name) / "finetune" / "best-search.json").read_text())
+            cell = next(((m, s) for m, s in candidates if run_dir(config, m, s).name == pinned["run"]), None)
+            raise SystemExit(f"{exc}" + (f"; or run it again (same seed, same run on the same kind of CPU): "
+                                         f"{_rerun_hint(config, *cell)}" if cell else "")) from exc
+    method = method_named(policy)
+    folder = run_dir(config, method, config.seeds[0])
+    if not _finished(folder) and _record_path(config, method, config.seeds[0]).is_file():
+        print(f"[{config.name}] the {policy} rows need the run folder {folder}, which this machine does not have "
+              f"(its run is recorded): {_rerun_hint(config, method, config.seeds[0])}", flush=True)
     return folder if _finished(folder) else None
+
+
+def _rerun_hint(config: GridConfig, method: Method, seed: int) -> str:
+    return (f"delete {_record_path(config, method, seed)} and run `python -m benchmarks.table {config.name} "
+            f"--methods \"{method.name}\" --skip-finetune`")
 
 
 def run_finetunes(config: GridConfig, names: set[str] | None = None) -> None:

@@ -50,3 +50,12 @@ def test_a_record_without_keep_ratios_is_named_not_drawn(rendered, monkeypatch):
     md = (root / "results" / "smoke.md").read_text()
     assert "1 runs' records were rebuilt" in md and "an older picture (1 runs)" in md
     assert "| random | 2/2 |" in md  # still in the table
+
+
+def test_a_row_whose_run_is_only_recorded_names_how_to_run_it_again(rendered, capsys):
+    root, argv = rendered
+    shutil.rmtree(root / "runs", ignore_errors=True)
+    table.main([*argv, "--finetune-only", "--finetune-rows", "uniform-lstsq"])
+    out = capsys.readouterr().out
+    assert "which this machine does not have" in out and "uniform-s0.json and run" in out and '--methods "uniform"' in out
+    assert not (root / "runs" / "smoke" / "finetune" / "uniform-lstsq-e1").exists()  # nothing was fine-tuned

@@ -4,7 +4,9 @@ MACs kept, and the best net's test accuracy (reporting only), mean ± std over s
 
     python -m benchmarks.compare_runs benchmarks/runs/r20_credit --out benchmarks/results/search_settings_r20.md
 
-Test accuracies are computed once per run (``test.json`` beside it, as in ``benchmarks.table``).
+Test accuracies are computed once per run (``test.json`` beside it, as in ``benchmarks.table``). ``--grid
+resnet20_flops50:gnn+ddpg,random`` adds those methods' rows from the table's committed records (the same env and
+search length; their run folders need not be on this machine).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 
 from benchmarks.step_speed import cpu_capability, cpu_name
+from benchmarks import records, table
 from benchmarks.table import _finished, _fmt, _machine_label, test_accuracy
 
 
@@ -43,6 +46,23 @@ def row(name: str, folders: list[Path]) -> str:
             f"{max(b['flops_ratio'] for b in best):.4f} | {_fmt(test, 100)} |")
 
 
+def grid_rows(spec: str) -> list[str]:
+    """``CONFIG:METHOD[,METHOD…]``: one row per method from the grid's records."""
+    name, _, methods = spec.partition(":")
+    config = table.preset(name)
+    lines = []
+    for method in (table.method_named(m) for m in methods.split(",")):
+        recs = [r for m, s in table.runs_of(config) if m == method
+                and (r := records.read(table._record_path(config, m, s))) is not None]
+        if not recs:
+            raise SystemExit(f"no records of {method.name!r} in {records.folder(table.RESULTS, name)}")
+        val, macs = [r["val_accuracy"] for r in recs], [r["macs_kept"] for r in recs]
+        seeds = ", ".join(f"s{r['seed']}: {100 * r['val_accuracy']:.1f}" for r in recs)
+        lines.append(f"| grid: {method.name} | `{name}` table records | {len(recs)} | {_fmt(val, 100)} ({seeds}) | – | "
+                     f"{min(macs):.4f}–{max(macs):.4f} | {_fmt([r['test_accuracy'] for r in recs], 100)} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -50,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--title", default="")
     p.add_argument("--note", default="", help="a paragraph under the table: what was varied and why")
+    p.add_argument("--grid", action="append", default=[],
+                   help="CONFIG:METHOD[,METHOD…]: add these methods' rows from a benchmark table's records")
     args = p.parse_args(argv)
     root = Path(args.root)
     groups = arms(root)
@@ -63,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
              "", "| arm | settings | runs | best reward-split acc. (%) | episode found | MACs kept | test acc. of the "
              "best (%) |", "|---|---|---|---|---|---|---|"]
     lines += [row(name, folders) for name, folders in groups.items()]
+    lines += [line for spec in args.grid for line in grid_rows(spec)]
     lines += ["", "Mean ± sample std over seeds. Settings are selected on the reward-split column only; the test "
               "column is for reporting.", ""] + ([args.note, ""] if args.note else [])
     out = Path(args.out)

@@ -20,7 +20,11 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
   subtracted from the rewarded transitions (all of them with ``credit="episode"``, else the terminal ones);
 - ``reward_scale`` (off by default): rewards (after the baseline) are divided by the standard deviation of the
   warm-up episodes' final rewards, fixed when learning starts. Accuracies of different policies differ by a few
-  hundredths, a small target for a critic whose step size (Adam) does not shrink with the target.
+  hundredths, a small target for a critic whose step size (Adam) does not shrink with the target;
+- ``self_imitation`` λ (DDPG/TD3, off by default): the actor loss also pulls the actor's actions on the best
+  episode so far towards that episode's actions, λ·‖π(s) − a‖², where the critic rates them higher than the
+  actor's own (the Q-filter of Nair et al. 2018, "Overcoming Exploration in RL with Demonstrations"; the
+  demonstrations are the search's own best, as in Oh et al. 2018, "Self-Imitation Learning").
 """
 from __future__ import annotations
 
@@ -113,6 +117,8 @@ class TD3Update:
             self.critic.optimizer.step()
             if self._n_updates % self.policy_delay == 0:
                 actor_loss = -self.critic.q1_forward(data.observations, self.actor(data.observations)).mean()
+                if self.self_imitation:
+                    actor_loss = actor_loss + self.self_imitation * self._imitation_loss()
                 actor_losses.append(actor_loss.item())
                 self.actor.optimizer.zero_grad()
                 actor_loss.backward()
@@ -126,6 +132,19 @@ class TD3Update:
         if actor_losses:
             self.logger.record("train/actor_loss", np.mean(actor_losses))
         self.logger.record("train/critic_loss", np.mean(critic_losses))
+
+    self_imitation: float = 0.0
+
+    def _imitation_loss(self) -> torch.Tensor:
+        """Q-filtered behaviour cloning towards the best episode so far (zero before there is one)."""
+        elite = self.replay_buffer.elite()
+        if elite is None:
+            return torch.zeros((), device=self.device)
+        mine = self.actor(elite.observations)
+        with torch.no_grad():
+            better = self.critic.q1_forward(elite.observations, elite.actions) > \
+                self.critic.q1_forward(elite.observations, mine)
+        return (better * (mine - elite.actions) ** 2).sum(dim=1).mean()
 
 
 class AMCDDPG(ActorLearningRate, SingleThreadUpdate, UpdatesPerStep, TD3Update, TruncatedNormalExploration, DDPG):
@@ -212,20 +231,27 @@ class AMCReplayBuffer(DictReplayBuffer):
         self.baseline: float | None = None
         self.use_scale, self.reward_std = scale, None  # reward_std: fixed at the first sample
         self._finals: list[float] = []  # the final reward of each stored episode
+        self._elite: np.ndarray | None = None  # buffer rows of the best episode so far (first of equals)
         self._episode_len = 0
         self._static: dict[str, np.ndarray] | None = None  # key → its value in every transition so far
         self._static_rows: dict[str, torch.Tensor] = {}
 
     def add(self, obs, next_obs, action, reward, done, infos) -> None:
+        if self._elite is not None and self.pos in self._elite:  # about to be overwritten
+            self._elite = None
         super().add(obs, next_obs, action, reward, done, infos)
         self._track_static(obs)
         self._track_static(next_obs)
         self._episode_len += 1
         if bool(np.asarray(done).reshape(-1)[0]):
-            self._finals.append(float(np.asarray(reward).reshape(-1)[0]))
-            if self.credit == "episode":  # the episode's transitions, newest first, around the ring buffer
-                idx = (self.pos - 1 - np.arange(min(self._episode_len, self.buffer_size))) % self.buffer_size
-                self.rewards[idx] = np.asarray(reward, dtype=np.float32).reshape(-1)[0]
+            final = float(np.asarray(reward).reshape(-1)[0])
+            # the episode's transitions, newest first, around the ring buffer
+            idx = (self.pos - 1 - np.arange(min(self._episode_len, self.buffer_size))) % self.buffer_size
+            if not self._finals or final > max(self._finals):
+                self._elite = idx[::-1].copy()
+            self._finals.append(final)
+            if self.credit == "episode":
+                self.rewards[idx] = np.float32(final)
             self._episode_len = 0
 
     def _track_static(self, obs: dict[str, np.ndarray]) -> None:
@@ -283,6 +309,11 @@ class AMCReplayBuffer(DictReplayBuffer):
             data.rewards.sub_(self.baseline * rewarded.float())
         return self._scaled(data)
 
+    def elite(self):
+        """The best episode's transitions (observations and actions), or None while there is none, or after the
+        ring buffer has overwritten part of it."""
+        return None if self._elite is None else self._get_samples(self._elite)
+
     def _scaled(self, data):
         if self.use_scale:
             data.rewards.div_(self.reward_std)
@@ -308,7 +339,7 @@ def _adam_kwargs(device: str) -> dict[str, Any]:
 def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, warmup: int = 25, seed: int = 0,
                reward_baseline: bool = True, credit: str = "episode", exploration: str = "scaled",
                learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, updates_per_step: int = 1,
-               reward_scale: bool = False,
+               reward_scale: bool = False, self_imitation: float = 0.0,
                sigma_floor: float = SCALED_FLOOR / 2, batch_size: int = 64,
                extractor_kwargs: dict | None = None, tensorboard_log: str | None = None,
                device: str = "auto", verbose: int = 0) -> OffPolicyAlgorithm:
@@ -336,5 +367,10 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
     model = cls(AMCSACPolicy if algo == "sac" else AMCTD3Policy, env, **options)
     if not (isinstance(updates_per_step, int) and updates_per_step >= 1):
         raise ValueError(f"updates_per_step={updates_per_step!r} must be an int ≥ 1 (gradient steps per transition)")
+    if self_imitation and algo == "sac" or not (isinstance(self_imitation, (int, float)) and self_imitation >= 0):
+        raise ValueError(f"self_imitation={self_imitation!r} must be a weight ≥ 0, and 0 with SAC (its update is "
+                         "SB3's own)")
     model.actor_lr, model.updates_per_step = actor_lr, updates_per_step
+    if algo != "sac":
+        model.self_imitation = float(self_imitation)
     return model

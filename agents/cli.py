@@ -125,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="DDPG/TD3 with --exploration scaled: σ's floor on [0, 1] (default 0.05)")
     s.add_argument("--reward-scale", action=argparse.BooleanOptionalAction, default=False,
                    help="divide rewards (after the baseline) by the warm-up episodes' reward std (default off)")
+    s.add_argument("--self-imitation", type=_kind("number ≥ 0"), default=0.0, metavar="WEIGHT",
+                   help="DDPG/TD3: pull the actor towards the best episode's actions where the critic rates them "
+                   "higher (Q-filtered behaviour cloning; default 0, off)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out (also automatic)")
     _add_run_options(s)
 
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 config = SearchConfig(args.env_id, method, args.embedding, args.episodes, args.warmup, args.seed,
                                       args.reward_baseline, _env_kwargs(args), args.credit, args.exploration,
-                                      args.actor_lr, args.updates_per_step, args.sigma_floor, args.reward_scale)
+                                      args.actor_lr, args.updates_per_step, args.sigma_floor, args.reward_scale,
+                                      args.self_imitation)
                 best = run_search(config, args.out, force=args.force, progress=not args.no_progress)
             print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
         elif args.command == "evaluate":

@@ -38,7 +38,7 @@ class RunError(RuntimeError):
 
 # What a run recorded before these fields existed had: terminal reward, AMC's σ decay, one learning rate.
 LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1,
-          "sigma_floor": 0.05, "reward_scale": False}
+          "sigma_floor": 0.05, "reward_scale": False, "self_imitation": 0.0}
 
 
 @dataclass
@@ -58,15 +58,18 @@ class SearchConfig:
     updates_per_step: int = 1  # RL: gradient steps per collected transition
     sigma_floor: float = 0.05  # DDPG/TD3 with exploration="scaled": σ's floor on [0, 1]
     reward_scale: bool = False  # RL: divide rewards by the warm-up episodes' reward std
+    self_imitation: float = 0.0  # DDPG/TD3: weight of the Q-filtered pull towards the best episode's actions
 
     def __post_init__(self) -> None:
         # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.
         for name, kind in (("episodes", "positive int"), ("warmup", "count"), ("seed", "int"),
-                           ("updates_per_step", "positive int")):
+                           ("updates_per_step", "positive int"), ("self_imitation", "number ≥ 0")):
             value = getattr(self, name)
             if not KINDS[kind].fits(value):
                 raise ValueError(f"{name}={value!r} must be {KINDS[kind].what}")
         check_sigma_floor(self.sigma_floor)  # before a run folder records it: make_agent would refuse it
+        if self.self_imitation and self.algo == "sac":
+            raise ValueError("self_imitation is for DDPG/TD3 (SAC's update is SB3's own): leave it at 0 with SAC")
 
     def identity(self) -> dict[str, Any]:
         """What must match for a folder's run to be resumed (the episode count may be extended)."""

@@ -175,7 +175,7 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
                            warmup=config.warmup, seed=config.seed, reward_baseline=config.reward_baseline,
                            credit=config.credit, exploration=config.exploration, actor_lr=config.actor_lr,
                            updates_per_step=config.updates_per_step, sigma_floor=config.sigma_floor,
-                           reward_scale=config.reward_scale,
+                           reward_scale=config.reward_scale, self_imitation=config.self_imitation,
                            device=device)
         remaining = config.episodes * T
     model.set_logger(configure(str(folder.path(TENSORBOARD)), ["tensorboard"] if _has_tensorboard() else ["csv"]))

@@ -38,7 +38,7 @@ def row(name: str, folders: list[Path]) -> str:
     test = [test_accuracy(f) for f in folders]
     rl = run.get("embedding", "none") != "none"  # the RL settings mean nothing to a whole-episode searcher
     keys = ("algo", "embedding", "warmup", "credit", "exploration", "actor_lr", "reward_baseline", "updates_per_step",
-            "sigma_floor", "reward_scale") if rl else ("algo",)
+            "sigma_floor", "reward_scale", "self_imitation") if rl else ("algo",)
     settings = {k: run.get(k) for k in keys if run.get(k) not in (None, False)}
     seeds = ", ".join(f"s{b['seed']}: {100 * v:.1f}" for b, v in zip(best, val))
     return (f"| {name} | `{json.dumps(settings)}` | {len(folders)} | {_fmt(val, 100)} ({seeds}) | "

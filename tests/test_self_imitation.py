@@ -1,0 +1,63 @@
+"""Self-imitation: the replay buffer keeps the best episode's transitions, and the actor loss's Q-filtered pull
+towards them is λ·‖π(s) − a‖² exactly where the critic rates the episode's action above the actor's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
+from agents.algorithms import AMCReplayBuffer, make_agent
+from agents.run_folder import SearchConfig
+from agmc_env.testing import tiny_env
+
+
+def _episode(buffer, env, T: int, final: float, action: float) -> None:
+    obs = env.trajectory(np.full((T, 1), 0.5))
+    for t in range(T):
+        done = t == T - 1
+        buffer.add({k: v[None] for k, v in obs[t].items()}, {k: v[None] for k, v in obs[t + 1].items()},
+                   np.full((1, 1), action, np.float32), np.array([final if done else 0.0], np.float32),
+                   np.array([done]), [{}])
+
+
+def test_the_elite_is_the_first_best_episode_until_it_is_overwritten():
+    env = tiny_env()
+    T = env.num_decisions
+    buffer = AMCReplayBuffer(4 * T, env.observation_space, env.action_space, credit="episode")
+    assert buffer.elite() is None
+    for final, action in ((0.3, -0.5), (0.7, 0.25), (0.7, 0.75), (0.1, 0.0)):
+        _episode(buffer, env, T, final, action)
+    elite = buffer.elite()
+    assert elite.actions.shape == (T, 1) and torch.all(elite.actions == 0.25)  # ties keep the first
+    _episode(buffer, env, T, 0.2, 0.0)  # wraps around onto the first episode: the elite (second) survives
+    assert torch.all(buffer.elite().actions == 0.25)
+    _episode(buffer, env, T, 0.2, 0.0)  # now onto the second
+    assert buffer.elite() is None
+
+
+def test_the_imitation_loss_is_q_filtered_behaviour_cloning():
+    torch.manual_seed(0)
+    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc", self_imitation=2.0, warmup=1)
+    env = tiny_env()
+    T = env.num_decisions
+    assert float(model._imitation_loss()) == 0.0  # no episode yet
+    _episode(model.replay_buffer, env, T, 0.9, 0.5)
+    elite = model.replay_buffer.elite()
+    mine = model.actor(elite.observations)
+    better = model.critic.q1_forward(elite.observations, elite.actions) > model.critic.q1_forward(elite.observations, mine)
+    expected = (better.float() * (mine - 0.5) ** 2).sum(1).mean()
+    torch.testing.assert_close(model._imitation_loss(), expected)
+    model.set_logger(configure(None, [""]))
+    model.train(gradient_steps=3, batch_size=4)  # runs inside the actor loss
+
+
+def test_self_imitation_is_refused_where_it_has_no_meaning():
+    with pytest.raises(ValueError, match="SAC"):
+        SearchConfig("AGMCTest-Tiny-v0", algo="sac", self_imitation=1.0)
+    with pytest.raises(ValueError, match="self_imitation"):
+        SearchConfig("AGMCTest-Tiny-v0", self_imitation=-1.0)
+    with pytest.raises(ValueError, match="SAC"):
+        make_agent("sac", DummyVecEnv([tiny_env]), embedding="amc", self_imitation=1.0)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from agents.algorithms import default_self_imitation
 from agents.noise import check_sigma_floor
 from agmc_env.options import KINDS
 
@@ -58,9 +59,12 @@ class SearchConfig:
     updates_per_step: int = 1  # RL: gradient steps per collected transition
     sigma_floor: float = 0.05  # DDPG/TD3 with exploration="scaled": σ's floor on [0, 1]
     reward_scale: bool = False  # RL: divide rewards by the warm-up episodes' reward std
-    self_imitation: float = 0.0  # DDPG/TD3: weight of the Q-filtered pull towards the best episode's actions
+    # DDPG/TD3: weight of the Q-filtered pull towards the best episode's actions (None: 10, SAC 0)
+    self_imitation: float | None = None
 
     def __post_init__(self) -> None:
+        if self.self_imitation is None:  # resolved here: the run folder records the value the run used
+            self.self_imitation = default_self_imitation(self.algo)
         # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.
         for name, kind in (("episodes", "positive int"), ("warmup", "count"), ("seed", "int"),
                            ("updates_per_step", "positive int"), ("self_imitation", "number ≥ 0")):

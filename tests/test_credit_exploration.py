@@ -149,7 +149,7 @@ def test_amc_settings_search_resumes_and_old_folders_still_match(tmp_path):
     config.episodes = 5  # extends: the recorded identity matches, new fields included
     run_search(config, tmp_path, progress=False)
     # a run.json written before these fields existed: it ran with a terminal reward, AMC's σ and one rate
-    old = SearchConfig("AGMCTest-Tiny-v0", credit="terminal", exploration="amc", actor_lr=None)
+    old = SearchConfig("AGMCTest-Tiny-v0", credit="terminal", exploration="amc", actor_lr=None, self_imitation=0.0)
     recorded = {k: v for k, v in old.identity().items()
                 if k not in ("credit", "exploration", "actor_lr", "updates_per_step", "sigma_floor", "reward_scale", "self_imitation")}
     assert old.same_run(json.loads(json.dumps(recorded)))

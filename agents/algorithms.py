@@ -144,9 +144,10 @@ class TD3Update:
         if elite is None:
             return torch.zeros((), device=self.device)
         mine = self.actor(elite.observations)
-        with torch.no_grad():
-            better = self.critic.q1_forward(elite.observations, elite.actions) > \
-                self.critic.q1_forward(elite.observations, mine)
+        with torch.no_grad():  # q1_forward twice, but the critic's features of the elite states once
+            features = self.critic.extract_features(elite.observations, self.critic.features_extractor)
+            q1 = self.critic.q_networks[0]
+            better = q1(torch.cat([features, elite.actions], dim=1)) > q1(torch.cat([features, mine], dim=1))
         return (better * (mine - elite.actions) ** 2).sum(dim=1).mean()
 
 

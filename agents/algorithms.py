@@ -21,12 +21,13 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
 - ``reward_scale`` (off by default): rewards (after the baseline) are divided by the standard deviation of the
   warm-up episodes' final rewards, fixed when learning starts. Accuracies of different policies differ by a few
   hundredths, a small target for a critic whose step size (Adam) does not shrink with the target;
-- ``self_imitation`` λ (DDPG/TD3; default ``SELF_IMITATION`` = 10, 0 turns it off): the actor loss also pulls
+- ``self_imitation`` λ (DDPG/TD3; DDPG's default ``SELF_IMITATION`` = 10, 0 turns it off): the actor loss also pulls
   the actor's actions on the best episode so far towards that episode's actions, λ·‖π(s) − a‖², where the critic
   rates them higher than the actor's own (the Q-filter of Nair et al. 2018, "Overcoming Exploration in RL with
   Demonstrations"; the demonstrations are the search's own best, as in Oh et al. 2018, "Self-Imitation
   Learning"). On ResNet-20 it raised GNN+DDPG's best reward-split accuracy from 75.6 ± 0.6 to 77.6 ± 0.2 %
-  (λ = 1: 77.0 ± 1.3; benchmarks/results/search_settings_r20_round3.md). SAC keeps SB3's update (λ = 0).
+  (λ = 1: 77.0 ± 1.3; benchmarks/results/search_settings_r20_round3.md). TD3's default stays 0 until it is
+  measured there; SAC keeps SB3's update (λ = 0).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from agents.extractors import EMBEDDINGS
 from agents.noise import SCALED_FLOOR, AMCNoise, TruncatedNormalExploration, check_sigma_floor, scaled_decay
 
 CREDITS = ("terminal", "episode")
-SELF_IMITATION = 10.0  # DDPG/TD3's default λ, chosen on ResNet-20's reward split
+SELF_IMITATION = 10.0  # DDPG's default λ, chosen on ResNet-20's reward split
 EXPLORATIONS = ("amc", "scaled")
 
 
@@ -325,8 +326,9 @@ class AMCReplayBuffer(DictReplayBuffer):
 
 
 def default_self_imitation(algo: str) -> float:
-    """λ when none is given: ``SELF_IMITATION`` for DDPG/TD3; SAC's update is SB3's own, without it."""
-    return 0.0 if algo == "sac" else SELF_IMITATION
+    """λ when none is given: ``SELF_IMITATION`` for DDPG (measured); 0 for TD3 (not measured yet) and SAC (its
+    update is SB3's own, without the term)."""
+    return SELF_IMITATION if algo == "ddpg" else 0.0
 
 
 def _choice(name: str, table: dict, what: str):

@@ -127,8 +127,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="divide rewards (after the baseline) by the warm-up episodes' reward std (default off)")
     s.add_argument("--self-imitation", type=_kind("number ≥ 0"), default=None, metavar="WEIGHT",
                    help="DDPG/TD3: pull the actor towards the best episode's actions where the critic rates them "
-                   "higher (Q-filtered behaviour cloning; default 10, chosen on ResNet-20's reward split; 0: off; "
-                   "SAC: 0)")
+                   "higher (Q-filtered behaviour cloning; DDPG's default 10, chosen on ResNet-20's reward split; "
+                   "0: off, TD3's default, not measured yet; SAC: 0)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out (also automatic)")
     _add_run_options(s)
 

@@ -54,10 +54,12 @@ def test_the_imitation_loss_is_q_filtered_behaviour_cloning():
     model.train(gradient_steps=3, batch_size=4)  # runs inside the actor loss
 
 
-def test_the_default_is_ten_for_ddpg_and_td3_and_off_for_sac():
+def test_the_default_is_ten_for_ddpg_only():
     assert SearchConfig("AGMCTest-Tiny-v0", algo="ddpg").self_imitation == 10.0
+    assert SearchConfig("AGMCTest-Tiny-v0", algo="td3").self_imitation == 0.0
     assert SearchConfig("AGMCTest-Tiny-v0", algo="sac").self_imitation == 0.0
-    assert make_agent("td3", DummyVecEnv([tiny_env]), embedding="amc").self_imitation == 10.0
+    assert make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc").self_imitation == 10.0
+    assert make_agent("td3", DummyVecEnv([tiny_env]), embedding="amc").self_imitation == 0.0
     assert not hasattr(make_agent("sac", DummyVecEnv([tiny_env]), embedding="amc"), "self_imitation")
 
 

@@ -273,8 +273,8 @@ def test_accuracy(folder: Path) -> float:
 
 def unpruned(config: GridConfig) -> dict[str, float]:
     cache = records.folder(RESULTS, config.name) / "unpruned.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
+    if (cached := records.read(cache)) is not None:
+        return cached
     from agmc_env import make_task
 
     kwargs = {**config.env_kwargs, "amp": "off", "flops_target": 1.0, "repair": "none"}
@@ -476,8 +476,10 @@ def render(config: GridConfig, argv: list[str]) -> None:
         lines += ["", f"Reward split vs test over every run's best policy ({len(rows)} runs): Spearman ρ = "
                   f"{_spearman([r['val_accuracy'] for r in rows], [r['test_accuracy'] for r in rows]):.3f} — how far "
                   "the search's objective ranks pruned networks as the held-out test set does."]
+    from agents.algorithms import SELF_IMITATION
+
     no_sil = [m.name for m in METHODS if m.kind == "search" and m.algo == "ddpg" and ("self_imitation", 0.0) in m.search]
-    lines += ["", "Mean ± sample std over seeds. Self-imitation (λ = 10, `--self-imitation`) is DDPG's default (TD3 and "
+    lines += ["", f"Mean ± sample std over seeds. Self-imitation (λ = {SELF_IMITATION:g}, `--self-imitation`) is DDPG's default (TD3 and "
               f"SAC run without it); these DDPG rows ran without it (λ = 0), and the ablations are measured against \"gnn+ddpg (no "
               f"self-imitation)\": {', '.join(no_sil)}."]
     lines += _finetune_lines(config, base["test_accuracy"])

@@ -38,18 +38,24 @@ def test_the_elite_is_the_first_best_episode_until_it_is_overwritten():
     assert buffer.elite() is None
 
 
-def test_the_imitation_loss_is_q_filtered_behaviour_cloning():
+@pytest.mark.parametrize("embedding", ["amc", "gnn"])
+def test_the_imitation_loss_is_q_filtered_behaviour_cloning(embedding):
     torch.manual_seed(0)
-    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc", self_imitation=2.0, warmup=1)
+    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding=embedding, self_imitation=2.0, warmup=1)
     env = tiny_env()
     T = env.num_decisions
-    assert float(model._imitation_loss()) == 0.0  # no episode yet
+    _episode(model.replay_buffer, env, T, 0.1, -0.5)
+    batch = model.replay_buffer.sample(4).observations
+    plain = -model.critic.q1_forward(batch, model.actor(batch)).mean()
+    model.replay_buffer._elite = None  # no best episode yet: the plain actor loss
+    torch.testing.assert_close(model._actor_loss(batch), plain, rtol=0, atol=0)
     _episode(model.replay_buffer, env, T, 0.9, 0.5)
     elite = model.replay_buffer.elite()
     mine = model.actor(elite.observations)
     better = model.critic.q1_forward(elite.observations, elite.actions) > model.critic.q1_forward(elite.observations, mine)
-    expected = (better.float() * (mine - 0.5) ** 2).sum(1).mean()
-    torch.testing.assert_close(model._imitation_loss(), expected, rtol=0, atol=0)  # the same as two q1_forward calls
+    expected = plain + 2.0 * (better.float() * (mine - 0.5) ** 2).sum(1).mean()
+    # one joint pass over the batch and the elite's states: the separate passes' value up to float rounding
+    torch.testing.assert_close(model._actor_loss(batch), expected)
     model.set_logger(configure(None, [""]))
     model.train(gradient_steps=3, batch_size=4)  # runs inside the actor loss
 

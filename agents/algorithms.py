@@ -92,6 +92,22 @@ class SingleThreadUpdate:
             torch.set_num_threads(threads)
 
 
+class AppliedActions:
+    """Mixin for SB3 off-policy algorithms: with ``applied_actions`` (saved with the agent) each transition is stored
+    with the action the env applied (``info["applied_action"]``: the agent's action after channel rounding and the
+    budget wall) instead of the agent's own. The wall rewrites many actions, most of all a decision's last ones;
+    stored as they came, a whole range of actions leads to the same next state and reward, and the critic learns
+    a Q flat in the action there, which gives the actor no gradient."""
+
+    applied_actions: bool = False
+
+    def _store_transition(self, replay_buffer, buffer_action, new_obs, reward, dones, infos) -> None:
+        if self.applied_actions:
+            applied = np.array([[info["applied_action"]] for info in infos], dtype=np.float32)
+            buffer_action = self.policy.scale_action(applied)
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+
+
 class TD3Update:
     """Mixin for SB3's TD3 and DDPG (a TD3 with one critic, no target noise and no policy delay): ``TD3.train``
     step for step, the same draws and arithmetic, but the target networks' Polyak averaging is two foreach ops
@@ -169,11 +185,13 @@ def _joined(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> 
     return joined
 
 
-class AMCDDPG(ActorLearningRate, SingleThreadUpdate, UpdatesPerStep, TD3Update, TruncatedNormalExploration, DDPG):
+class AMCDDPG(ActorLearningRate, AppliedActions, SingleThreadUpdate, UpdatesPerStep, TD3Update,
+              TruncatedNormalExploration, DDPG):
     """SB3 DDPG exploring with AMC's truncated normal."""
 
 
-class AMCTD3(ActorLearningRate, SingleThreadUpdate, UpdatesPerStep, TD3Update, TruncatedNormalExploration, TD3):
+class AMCTD3(ActorLearningRate, AppliedActions, SingleThreadUpdate, UpdatesPerStep, TD3Update,
+             TruncatedNormalExploration, TD3):
     """SB3 TD3 exploring with AMC's truncated normal."""
 
 
@@ -224,7 +242,7 @@ class AMCSACPolicy(SACMultiInputPolicy):
         return ActorLossCritic(**critic_kwargs).to(self.device)
 
 
-class AMCSAC(ActorLearningRate, SingleThreadUpdate, UpdatesPerStep, SAC):
+class AMCSAC(ActorLearningRate, AppliedActions, SingleThreadUpdate, UpdatesPerStep, SAC):
     """SB3 SAC (its own entropy-driven exploration) with :class:`AMCSACPolicy`."""
 
 
@@ -367,7 +385,7 @@ def _adam_kwargs(device: str) -> dict[str, Any]:
 def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, warmup: int = 25, seed: int = 0,
                reward_baseline: bool = True, credit: str = "episode", exploration: str = "scaled",
                learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, updates_per_step: int = 1,
-               reward_scale: bool = False, self_imitation: float | None = None,
+               reward_scale: bool = False, self_imitation: float | None = None, applied_actions: bool = False,
                sigma_floor: float = SCALED_FLOOR / 2, batch_size: int = 64,
                extractor_kwargs: dict | None = None, tensorboard_log: str | None = None,
                device: str = "auto", verbose: int = 0) -> OffPolicyAlgorithm:
@@ -399,7 +417,7 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
     if (self_imitation and algo == "sac") or not (isinstance(self_imitation, (int, float)) and self_imitation >= 0):
         raise ValueError(f"self_imitation={self_imitation!r} must be a weight ≥ 0, and 0 with SAC (its update is "
                          "SB3's own)")
-    model.actor_lr, model.updates_per_step = actor_lr, updates_per_step
+    model.actor_lr, model.updates_per_step, model.applied_actions = actor_lr, updates_per_step, applied_actions
     if algo != "sac":
         model.self_imitation = float(self_imitation)
     return model

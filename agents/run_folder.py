@@ -39,7 +39,8 @@ class RunError(RuntimeError):
 
 # What a run recorded before these fields existed had: terminal reward, AMC's σ decay, one learning rate.
 LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1,
-          "sigma_floor": 0.05, "reward_scale": False, "self_imitation": 0.0}
+          "sigma_floor": 0.05, "reward_scale": False, "self_imitation": 0.0,
+          "applied_actions": False}
 
 
 @dataclass
@@ -61,6 +62,7 @@ class SearchConfig:
     reward_scale: bool = False  # RL: divide rewards by the warm-up episodes' reward std
     # DDPG/TD3: weight of the Q-filtered pull towards the best episode's actions (None: DDPG 10, TD3/SAC 0)
     self_imitation: float | None = None
+    applied_actions: bool = False  # RL: store the action the env applied (after rounding and the wall)
 
     def __post_init__(self) -> None:
         if self.self_imitation is None:  # resolved here: the run folder records the value the run used

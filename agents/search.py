@@ -105,6 +105,8 @@ def _rebuild_buffer(model, env, trajectories: list[dict[str, Any]]) -> None:
         scaled = np.asarray(traj["actions"], dtype=np.float32).reshape(-1, 1)
         env_actions = model.policy.unscale_action(scaled)
         observations = base.trajectory(env_actions)
+        if getattr(model, "applied_actions", False):  # as AppliedActions stored them
+            scaled = model.policy.scale_action(np.asarray(base.applied_actions(), dtype=np.float32).reshape(-1, 1))
         T = len(scaled)
         for t in range(T):
             done = t == T - 1
@@ -176,7 +178,7 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
                            credit=config.credit, exploration=config.exploration, actor_lr=config.actor_lr,
                            updates_per_step=config.updates_per_step, sigma_floor=config.sigma_floor,
                            reward_scale=config.reward_scale, self_imitation=config.self_imitation,
-                           device=device)
+                           applied_actions=config.applied_actions, device=device)
         remaining = config.episodes * T
     model.set_logger(configure(str(folder.path(TENSORBOARD)), ["tensorboard"] if _has_tensorboard() else ["csv"]))
     callback = SearchCallback(folder, config.episodes, progress)

@@ -37,7 +37,8 @@ class AGMCEnv(gym.Env):
     floor (target − 1 % of the original MACs) be reached if every later decision took ``rbound``.
     Actions outside [0, 1] are clipped; NaN/inf, a wrong shape or anything but a real number (bool, str, bytes,
     complex, None) raise ``ValueError``. ``info["keep_ratios"]``
-    reports the applied (realised) ratios.
+    reports the applied (realised) ratios, ``info["applied_action"]`` the action that gives this step's applied
+    ratio as it is.
 
     ## Observation Space
     A ``Dict`` of fixed-shape ``Box``es (SB3's ``MultiInputPolicy`` accepts it; ``spaces.Graph`` is not
@@ -182,6 +183,12 @@ class AGMCEnv(gym.Env):
         """Applied keep ratios of the decisions made so far in this episode."""
         return (self._counts[: self._t] / self.mode.widths[: self._t]).tolist()
 
+    def applied_actions(self) -> list[float]:
+        """The actions in [0, 1] that give the applied ratios as they are: what channel rounding and the budget
+        wall made of this episode's actions so far (replayed, they play the same episode)."""
+        span = max(self.rbound - self.lbound, 1e-12)
+        return np.clip((np.asarray(self.keep_ratios()) - self.lbound) / span, 0.0, 1.0).tolist()
+
     def _ratios_so_far(self) -> np.ndarray:
         r = np.ones(self.num_decisions)
         r[: self._t] = self._counts[: self._t] / self.mode.widths[: self._t]
@@ -253,7 +260,8 @@ class AGMCEnv(gym.Env):
 
     def step(self, action: Any):
         t = self._decide(action)
-        info: dict[str, Any] = {"decision": t, "keep_ratios": self.keep_ratios()}
+        info: dict[str, Any] = {"decision": t, "keep_ratios": self.keep_ratios(),
+                                "applied_action": self.applied_actions()[t]}
         if not self._done:
             return self._observation(), 0.0, False, False, info
         end = self.task.finish(self._counts.tolist())

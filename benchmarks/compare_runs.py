@@ -11,6 +11,7 @@ search length; their run folders need not be on this machine).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import re
@@ -18,10 +19,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-
-from benchmarks.step_speed import cpu_capability, cpu_name
+from agents.run_folder import SearchConfig
 from benchmarks import records, table
+from benchmarks.step_speed import cpu_capability, cpu_name
 from benchmarks.table import _finished, _fmt, _machine_label, test_accuracy
+
+NOT_SETTINGS = ("env_id", "episodes", "seed", "env_kwargs")  # the run's identity less what makes an arm
 
 
 def arms(root: Path) -> dict[str, list[Path]]:
@@ -37,8 +40,7 @@ def row(name: str, folders: list[Path]) -> str:
     val = [b["accuracy"] for b in best]
     test = [test_accuracy(f) for f in folders]
     rl = run.get("embedding", "none") != "none"  # the RL settings mean nothing to a whole-episode searcher
-    keys = ("algo", "embedding", "warmup", "credit", "exploration", "actor_lr", "reward_baseline", "updates_per_step",
-            "sigma_floor", "reward_scale", "self_imitation") if rl else ("algo",)
+    keys = [f.name for f in dataclasses.fields(SearchConfig) if f.name not in NOT_SETTINGS] if rl else ["algo"]
     settings = {k: run.get(k) for k in keys if run.get(k) not in (None, False)}
     seeds = ", ".join(f"s{b['seed']}: {100 * v:.1f}" for b, v in zip(best, val))
     return (f"| {name} | `{json.dumps(settings)}` | {len(folders)} | {_fmt(val, 100)} ({seeds}) | "

@@ -27,7 +27,9 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
   Demonstrations"; the demonstrations are the search's own best, as in Oh et al. 2018, "Self-Imitation
   Learning"). On ResNet-20 it raised GNN+DDPG's best reward-split accuracy from 75.6 ± 0.6 to 77.6 ± 0.2 %
   (λ = 1: 77.0 ± 1.3; benchmarks/results/search_settings_r20_round3.md). TD3's default stays 0 until it is
-  measured there; SAC keeps SB3's update (λ = 0).
+  measured there; SAC keeps SB3's update (λ = 0);
+- ``applied_actions`` (off by default): the replay buffer stores the action the env applied (after channel rounding
+  and the budget wall) instead of the agent's own (:class:`AppliedActions`).
 """
 from __future__ import annotations
 

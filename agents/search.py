@@ -105,7 +105,7 @@ def _rebuild_buffer(model, env, trajectories: list[dict[str, Any]]) -> None:
         scaled = np.asarray(traj["actions"], dtype=np.float32).reshape(-1, 1)
         env_actions = model.policy.unscale_action(scaled)
         observations = base.trajectory(env_actions)
-        if getattr(model, "applied_actions", False):  # as AppliedActions stored them
+        if model.applied_actions:  # as AppliedActions stored them
             scaled = model.policy.scale_action(np.asarray(base.applied_actions(), dtype=np.float32).reshape(-1, 1))
         T = len(scaled)
         for t in range(T):

@@ -186,8 +186,11 @@ class AGMCEnv(gym.Env):
     def applied_actions(self) -> list[float]:
         """The actions in [0, 1] that give the applied ratios as they are: what channel rounding and the budget
         wall made of this episode's actions so far (replayed, they play the same episode)."""
-        span = max(self.rbound - self.lbound, 1e-12)
-        return np.clip((np.asarray(self.keep_ratios()) - self.lbound) / span, 0.0, 1.0).tolist()
+        return np.clip(self._actions_for(self.keep_ratios()), 0.0, 1.0).tolist()
+
+    def _actions_for(self, ratios: Any) -> np.ndarray:
+        """The actions that map linearly onto these keep ratios (the inverse of ``_decide``'s mapping)."""
+        return (np.asarray(ratios, dtype=np.float64) - self.lbound) / max(self.rbound - self.lbound, 1e-12)
 
     def _ratios_so_far(self) -> np.ndarray:
         r = np.ones(self.num_decisions)
@@ -260,8 +263,9 @@ class AGMCEnv(gym.Env):
 
     def step(self, action: Any):
         t = self._decide(action)
-        info: dict[str, Any] = {"decision": t, "keep_ratios": self.keep_ratios(),
-                                "applied_action": self.applied_actions()[t]}
+        ratios = self.keep_ratios()
+        info: dict[str, Any] = {"decision": t, "keep_ratios": ratios,
+                                "applied_action": float(np.clip(self._actions_for(ratios[t]), 0.0, 1.0))}
         if not self._done:
             return self._observation(), 0.0, False, False, info
         end = self.task.finish(self._counts.tolist())
@@ -292,8 +296,7 @@ class AGMCEnv(gym.Env):
         ratios = np.asarray(keep_ratios, dtype=np.float64).reshape(-1)
         if len(ratios) != self.num_decisions:
             raise ValueError(f"need {self.num_decisions} keep ratios (one per decision), got {len(ratios)}")
-        span = max(self.rbound - self.lbound, 1e-12)
-        return self.run_actions((ratios - self.lbound) / span)
+        return self.run_actions(self._actions_for(ratios))
 
     def run_actions(self, actions: list[float] | np.ndarray) -> dict[str, Any]:
         """Play one whole episode with these actions (one in [0, 1] per decision); returns the final ``info``."""

@@ -266,7 +266,7 @@ class AMCReplayBuffer(DictReplayBuffer):
     batch shares one topology without comparing rows."""
 
     def __init__(self, *args: Any, credit: str = "terminal", baseline: bool = False, baseline_rate: float = 0.5,
-                 scale: bool = False, **kwargs: Any) -> None:
+                 scale: bool = False, elites: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if credit not in CREDITS:
             raise ValueError(f"unknown credit {credit!r}; choose one of {CREDITS}")
@@ -274,14 +274,17 @@ class AMCReplayBuffer(DictReplayBuffer):
         self.baseline: float | None = None
         self.use_scale, self.reward_std = scale, None  # reward_std: fixed at the first sample
         self._finals: list[float] = []  # the final reward of each stored episode
-        self._elite: np.ndarray | None = None  # buffer rows of the best episode so far (first of equals)
+        if not (isinstance(elites, int) and elites >= 1):
+            raise ValueError(f"elites={elites!r} must be an int ≥ 1 (how many best episodes self-imitation pulls towards)")
+        self.elites = elites
+        # (final reward, buffer rows) of the best `elites` episodes so far, best first (first of equals first)
+        self._elite: list[tuple[float, np.ndarray]] = []
         self._episode_len = 0
         self._static: dict[str, np.ndarray] | None = None  # key → its value in every transition so far
         self._static_rows: dict[str, torch.Tensor] = {}
 
     def add(self, obs, next_obs, action, reward, done, infos) -> None:
-        if self._elite is not None and self.pos in self._elite:  # about to be overwritten
-            self._elite = None
+        self._elite = [(f, rows) for f, rows in self._elite if self.pos not in rows]  # dropped when overwritten
         super().add(obs, next_obs, action, reward, done, infos)
         self._track_static(obs)
         self._track_static(next_obs)
@@ -290,8 +293,10 @@ class AMCReplayBuffer(DictReplayBuffer):
             final = float(np.asarray(reward).reshape(-1)[0])
             # the episode's transitions, newest first, around the ring buffer
             idx = (self.pos - 1 - np.arange(min(self._episode_len, self.buffer_size))) % self.buffer_size
-            if not self._finals or final > max(self._finals):
-                self._elite = idx[::-1].copy()
+            # among the best `elites` of every episode so far (overwritten ones included), after its equals
+            if sum(f >= final for f in self._finals) < self.elites:
+                self._elite.insert(sum(f >= final for f, _ in self._elite), (final, idx[::-1].copy()))
+                del self._elite[self.elites:]
             self._finals.append(final)
             if self.credit == "episode":
                 self.rewards[idx] = np.float32(final)
@@ -353,9 +358,18 @@ class AMCReplayBuffer(DictReplayBuffer):
         return self._scaled(data)
 
     def elite(self):
-        """The best episode's transitions (observations and actions), or None while there is none, or after the
-        ring buffer has overwritten part of it."""
-        return None if self._elite is None else self._get_samples(self._elite)
+        """The transitions (observations and actions) of the best ``elites`` episodes so far, best first, or None
+        while there is none. An episode the ring buffer has begun to overwrite is dropped, and only a later episode
+        that ranks among the best ``elites`` of all episodes so far takes a place."""
+        return self._get_samples(np.concatenate([rows for _, rows in self._elite])) if self._elite else None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Buffers pickled before ``elites`` existed kept the best episode's rows only (or None)."""
+        if not isinstance(state.get("_elite", []), list):
+            rows = state["_elite"]
+            state["_elite"] = [] if rows is None else [(max(state["_finals"]), rows)]
+        state.setdefault("elites", 1)
+        self.__dict__.update(state)
 
     def _scaled(self, data):
         if self.use_scale:
@@ -388,7 +402,8 @@ def _adam_kwargs(device: str) -> dict[str, Any]:
 def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, warmup: int = 25, seed: int = 0,
                reward_baseline: bool = True, credit: str = "episode", exploration: str = "scaled",
                learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, updates_per_step: int = 1,
-               reward_scale: bool = False, self_imitation: float | None = None, applied_actions: bool = False,
+               reward_scale: bool = False, self_imitation: float | None = None, imitation_elites: int = 1,
+               applied_actions: bool = False,
                sigma_floor: float = SCALED_FLOOR / 2, batch_size: int = 64,
                extractor_kwargs: dict | None = None, tensorboard_log: str | None = None,
                device: str = "auto", verbose: int = 0) -> OffPolicyAlgorithm:
@@ -407,7 +422,8 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
         policy_kwargs=policy_kwargs, seed=seed, device=device, verbose=verbose, tensorboard_log=tensorboard_log,
     )
     options["replay_buffer_class"] = AMCReplayBuffer  # credit="terminal", no baseline: SB3's + the shared graph
-    options["replay_buffer_kwargs"] = {"credit": credit, "baseline": reward_baseline, "scale": reward_scale}
+    options["replay_buffer_kwargs"] = {"credit": credit, "baseline": reward_baseline, "scale": reward_scale,
+                                       "elites": imitation_elites}
     if algo in ("ddpg", "td3"):
         check_sigma_floor(sigma_floor)
         floor = 0.0 if exploration == "amc" else 2 * sigma_floor  # SB3's action units span [-1, 1]

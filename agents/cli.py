@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="DDPG/TD3: pull the actor towards the best episode's actions where the critic rates them "
                    "higher (Q-filtered behaviour cloning; DDPG's default 10, chosen on ResNet-20's reward split; "
                    "0: off, TD3's default, not measured yet; SAC: 0)")
+    s.add_argument("--imitation-elites", type=_kind("positive int"), default=1, metavar="K",
+                   help="DDPG/TD3 self-imitation: pull towards the best K episodes so far, not only the best "
+                   "(default 1)")
     s.add_argument("--applied-actions", action=argparse.BooleanOptionalAction, default=False,
                    help="store each transition with the action the env applied (after channel rounding and the "
                    "budget wall) instead of the agent's (default off)")
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 config = SearchConfig(args.env_id, method, args.embedding, args.episodes, args.warmup, args.seed,
                                       args.reward_baseline, _env_kwargs(args), args.credit, args.exploration,
                                       args.actor_lr, args.updates_per_step, args.sigma_floor, args.reward_scale,
-                                      args.self_imitation, args.applied_actions)
+                                      args.self_imitation, args.applied_actions, args.imitation_elites)
                 best = run_search(config, args.out, force=args.force, progress=not args.no_progress)
             print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
         elif args.command == "evaluate":

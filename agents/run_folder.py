@@ -40,7 +40,7 @@ class RunError(RuntimeError):
 # What a run recorded before these fields existed had: terminal reward, AMC's σ decay, one learning rate.
 LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1,
           "sigma_floor": 0.05, "reward_scale": False, "self_imitation": 0.0,
-          "applied_actions": False}
+          "applied_actions": False, "imitation_elites": 1}
 
 
 @dataclass
@@ -63,19 +63,24 @@ class SearchConfig:
     # DDPG/TD3: weight of the Q-filtered pull towards the best episode's actions (None: DDPG 10, TD3/SAC 0)
     self_imitation: float | None = None
     applied_actions: bool = False  # RL: store the action the env applied (after rounding and the wall)
+    imitation_elites: int = 1  # DDPG/TD3 self-imitation: how many best episodes the actor is pulled towards
 
     def __post_init__(self) -> None:
         if self.self_imitation is None:  # resolved here: the run folder records the value the run used
             self.self_imitation = default_self_imitation(self.algo)
         # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.
         for name, kind in (("episodes", "positive int"), ("warmup", "count"), ("seed", "int"),
-                           ("updates_per_step", "positive int"), ("self_imitation", "number ≥ 0")):
+                           ("updates_per_step", "positive int"), ("self_imitation", "number ≥ 0"),
+                           ("imitation_elites", "positive int")):
             value = getattr(self, name)
             if not KINDS[kind].fits(value):
                 raise ValueError(f"{name}={value!r} must be {KINDS[kind].what}")
         check_sigma_floor(self.sigma_floor)  # before a run folder records it: make_agent would refuse it
         if self.self_imitation and self.algo == "sac":
             raise ValueError("self_imitation is for DDPG/TD3 (SAC's update is SB3's own): leave it at 0 with SAC")
+        if self.imitation_elites != 1 and not self.self_imitation:
+            raise ValueError(f"imitation_elites={self.imitation_elites} has no effect without self-imitation: "
+                             "give a self_imitation weight > 0 (DDPG's default) or leave imitation_elites at 1")
 
     def identity(self) -> dict[str, Any]:
         """What must match for a folder's run to be resumed (the episode count may be extended)."""

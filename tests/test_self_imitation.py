@@ -38,6 +38,35 @@ def test_the_elite_is_the_first_best_episode_until_it_is_overwritten():
     assert buffer.elite() is None
 
 
+def test_several_elites_are_the_best_episodes_best_first():
+    env = tiny_env()
+    T = env.num_decisions
+    buffer = AMCReplayBuffer(5 * T, env.observation_space, env.action_space, credit="episode", elites=2)
+    for final, action in ((0.3, -0.5), (0.7, 0.25), (0.5, 0.5), (0.7, 0.75), (0.1, 0.0)):
+        _episode(buffer, env, T, final, action)
+    actions = buffer.elite().actions.view(2, T)
+    assert torch.all(actions[0] == 0.25) and torch.all(actions[1] == 0.75)  # 0.7 then the later 0.7; 0.5 is out
+    _episode(buffer, env, T, 0.6, 0.0)  # overwrites the first episode (0.3), below the best two: no change
+    assert torch.all(buffer.elite().actions.view(2, T)[1] == 0.75)
+    _episode(buffer, env, T, 0.2, 0.0)  # overwrites the best: only the other one is left
+    assert torch.all(buffer.elite().actions == 0.75) and len(buffer.elite().actions) == T
+    with pytest.raises(ValueError, match="elites"):
+        AMCReplayBuffer(T, env.observation_space, env.action_space, elites=0)
+
+
+def test_a_buffer_pickled_before_elites_existed_loads_as_one_elite():
+    env = tiny_env()
+    T = env.num_decisions
+    buffer = AMCReplayBuffer(2 * T, env.observation_space, env.action_space, credit="episode")
+    _episode(buffer, env, T, 0.4, 0.25)
+    state = dict(buffer.__dict__)
+    state["_elite"] = state["_elite"][0][1]  # what older code kept: the best episode's rows
+    del state["elites"]
+    old = AMCReplayBuffer.__new__(AMCReplayBuffer)
+    old.__setstate__(state)
+    assert old.elites == 1 and torch.all(old.elite().actions == 0.25)
+
+
 @pytest.mark.parametrize("embedding", ["amc", "gnn"])
 def test_the_imitation_loss_is_q_filtered_behaviour_cloning(embedding):
     torch.manual_seed(0)
@@ -47,7 +76,7 @@ def test_the_imitation_loss_is_q_filtered_behaviour_cloning(embedding):
     _episode(model.replay_buffer, env, T, 0.1, -0.5)
     batch = model.replay_buffer.sample(4).observations
     plain = -model.critic.q1_forward(batch, model.actor(batch)).mean()
-    model.replay_buffer._elite = None  # no best episode yet: the plain actor loss
+    model.replay_buffer._elite = []  # no best episode yet: the plain actor loss
     torch.testing.assert_close(model._actor_loss(batch), plain, rtol=0, atol=0)
     _episode(model.replay_buffer, env, T, 0.9, 0.5)
     elite = model.replay_buffer.elite()
@@ -70,6 +99,8 @@ def test_the_default_is_ten_for_ddpg_only():
 
 
 def test_self_imitation_is_refused_where_it_has_no_meaning():
+    with pytest.raises(ValueError, match="imitation_elites"):
+        SearchConfig("AGMCTest-Tiny-v0", algo="td3", imitation_elites=3)
     with pytest.raises(ValueError, match="SAC"):
         SearchConfig("AGMCTest-Tiny-v0", algo="sac", self_imitation=1.0)
     with pytest.raises(ValueError, match="self_imitation"):

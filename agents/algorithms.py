@@ -33,7 +33,7 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,10 +47,19 @@ from stable_baselines3.td3.policies import MultiInputPolicy as TD3MultiInputPoli
 from torch import nn
 from torch.nn import functional as F
 
-from agents.extractors import EMBEDDINGS
+from agents.extractors import EMBEDDINGS, gathered_together
 from agents.noise import SCALED_FLOOR, AMCNoise, TruncatedNormalExploration, check_sigma_floor, scaled_decay
 
 CREDITS = ("terminal", "episode")
+
+
+class Demonstration(NamedTuple):
+    """Self-imitation's demonstrations: the best episodes' observations and the actions taken in them."""
+
+    observations: dict[str, torch.Tensor]
+    actions: torch.Tensor
+
+
 SELF_IMITATION = 10.0  # DDPG's default λ, chosen on ResNet-20's reward split
 EXPLORATIONS = ("amc", "scaled")
 
@@ -126,6 +135,7 @@ class TD3Update:
         online = [*self.critic.parameters(), *self.actor.parameters()]
         target = [*self.critic_target.parameters(), *self.actor_target.parameters()]
         actor_losses, critic_losses = [], []
+        self.replay_buffer.imitate = bool(self.self_imitation)  # gather the best episodes with each batch
         for _ in range(gradient_steps):
             self._n_updates += 1
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
@@ -177,12 +187,17 @@ class TD3Update:
 
 
 def _joined(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Two observation batches as one; a key both hand over as one row expanded (the shared graph) stays so."""
+    """Two observation batches as one; a key both hand over as one row expanded (the shared graph) stays so, and
+    one whose two batches are consecutive rows of one tensor (as the replay buffer gathers the best episode
+    and the batch) is the view over both, so the graph extractor reuses that tensor's unroll."""
     joined = {}
     for k, a in first.items():
         b = second[k]
         if a.stride(0) == 0 and b.stride(0) == 0 and torch.equal(a[0], b[0]):
             joined[k] = a[:1].expand(len(a) + len(b), *a.shape[1:])
+        elif a._base is not None and a._base is b._base and a.stride() == b.stride() \
+                and a.data_ptr() + len(a) * a.stride(0) * a.element_size() == b.data_ptr():
+            joined[k] = a._base[(a.data_ptr() - a._base.data_ptr()) // (a.stride(0) * a.element_size()):][:len(a) + len(b)]
         else:
             joined[k] = torch.cat([a, b])
     return joined
@@ -279,12 +294,18 @@ class AMCReplayBuffer(DictReplayBuffer):
         self.elites = elites
         # (final reward, buffer rows) of the best `elites` episodes so far, best first (first of equals first)
         self._elite: list[tuple[float, np.ndarray]] = []
+        self._elite_version = 0  # counts changes of _elite
+        self.imitate = False  # set by an update that imitates: sample() then gathers the elite with the batch
+        self._include: np.ndarray | None = None  # elite rows for the sample being gathered
+        self._demo: tuple[int, Demonstration] | None = None  # (_elite_version, elite) gathered with the last sample
         self._episode_len = 0
         self._static: dict[str, np.ndarray] | None = None  # key → its value in every transition so far
         self._static_rows: dict[str, torch.Tensor] = {}
 
     def add(self, obs, next_obs, action, reward, done, infos) -> None:
-        self._elite = [(f, rows) for f, rows in self._elite if self.pos not in rows]  # dropped when overwritten
+        kept = [(f, rows) for f, rows in self._elite if self.pos not in rows]  # dropped when overwritten
+        if len(kept) < len(self._elite):
+            self._elite, self._elite_version = kept, self._elite_version + 1
         super().add(obs, next_obs, action, reward, done, infos)
         self._track_static(obs)
         self._track_static(next_obs)
@@ -297,6 +318,7 @@ class AMCReplayBuffer(DictReplayBuffer):
             if sum(f >= final for f in self._finals) < self.elites:
                 self._elite.insert(sum(f >= final for f, _ in self._elite), (final, idx[::-1].copy()))
                 del self._elite[self.elites:]
+                self._elite_version += 1
             self._finals.append(final)
             if self.credit == "episode":
                 self.rewards[idx] = np.float32(final)
@@ -320,8 +342,11 @@ class AMCReplayBuffer(DictReplayBuffer):
         """SB3's, but the static keys are not gathered row by row (then copied and converted): they come as
         one row expanded; and with one env, each other key's observations and next observations are gathered
         into one tensor [2B, …] and handed over as its two halves, which the graph extractor unrolls together.
+        While ``imitate`` is set, the best episodes' observations are gathered in front of them, [E + 2B, …], and
+        kept for :meth:`elite`: one unroll serves the step's critic, target and actor (imitation) passes.
         Same batch, same RNG draws."""
         if env is not None or not self._static:  # VecNormalize: the stored values are not what the policy sees
+            self._include = None
             return super()._get_samples(batch_inds, env)
         joint = [k for k in self.observations if k not in self._static] if self.n_envs == 1 else []
         full = self.observations, self.next_observations
@@ -331,19 +356,29 @@ class AMCReplayBuffer(DictReplayBuffer):
             data = super()._get_samples(batch_inds, env)
         finally:
             self.observations, self.next_observations = full
-        rows, B = torch.as_tensor(batch_inds), len(batch_inds)
+        elite, self._include = self._include, None
+        B, E = len(batch_inds), 0 if elite is None else len(elite)
+        rows = torch.as_tensor(batch_inds)
+        first = rows if elite is None else torch.as_tensor(np.concatenate([elite, batch_inds]))
+        gathered, demo = [], {}
         for k in joint:
             sources = [torch.from_numpy(d[k][:, 0]) for d in full]  # observations, next observations (one env)
-            both = sources[0].new_empty((2 * B, *sources[0].shape[1:]))
-            for half, source in zip((both[:B], both[B:]), sources):
-                torch.index_select(source, 0, rows, out=half)
+            both = sources[0].new_empty((E + 2 * B, *sources[0].shape[1:]))
+            torch.index_select(sources[0], 0, first, out=both[:E + B])
+            torch.index_select(sources[1], 0, rows, out=both[E + B:])
             both = both.to(self.device)
-            data.observations[k], data.next_observations[k] = both[:B], both[B:]
+            gathered.append(both)
+            data.observations[k], data.next_observations[k], demo[k] = both[E:E + B], both[E + B:], both[:E]
+        gathered_together(*gathered)
         self._share_static(data.observations, B)
         self._share_static(data.next_observations, B)
+        if elite is not None:
+            self._share_static(demo, E)
+            self._demo = self._elite_version, Demonstration(demo, self.to_torch(self.actions[elite, 0]))
         return data
 
     def sample(self, batch_size: int, env=None):
+        self._include = np.concatenate([rows for _, rows in self._elite]) if self.imitate and self._elite else None
         data = super().sample(batch_size, env)
         if self.use_scale and self.reward_std is None:
             self.reward_std = max(float(np.std(self._finals)), 1e-3)  # 1e-3: warm-up episodes all alike
@@ -357,18 +392,27 @@ class AMCReplayBuffer(DictReplayBuffer):
             data.rewards.sub_(self.baseline * rewarded.float())
         return self._scaled(data)
 
-    def elite(self):
-        """The transitions (observations and actions) of the best ``elites`` episodes so far, best first, or None
-        while there is none. An episode the ring buffer has begun to overwrite is dropped, and only a later episode
-        that ranks among the best ``elites`` of all episodes so far takes a place."""
-        return self._get_samples(np.concatenate([rows for _, rows in self._elite])) if self._elite else None
+    def elite(self) -> Demonstration | None:
+        """The observations and actions of the best ``elites`` episodes so far, best first, or None while there is
+        none: the ones gathered with the last sample when ``imitate`` is set, else gathered now. An episode the
+        ring buffer has begun to overwrite is dropped, and only a later episode that ranks among the best
+        ``elites`` of all episodes so far takes a place."""
+        if not self._elite:
+            return None
+        if self._demo is not None and self._demo[0] == self._elite_version:
+            return self._demo[1]
+        data = self._get_samples(np.concatenate([rows for _, rows in self._elite]))
+        return Demonstration(data.observations, data.actions)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_demo": None, "_include": None}  # tensors of the last sample: not state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Buffers pickled before ``elites`` existed kept the best episode's rows only (or None)."""
         if not isinstance(state.get("_elite", []), list):
             rows = state["_elite"]
             state["_elite"] = [] if rows is None else [(max(state["_finals"]), rows)]
-        state.setdefault("elites", 1)
+        state = {"elites": 1, "imitate": False, "_elite_version": 0, "_demo": None, "_include": None, **state}
         self.__dict__.update(state)
 
     def _scaled(self, data):

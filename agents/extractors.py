@@ -190,14 +190,15 @@ class _Topology:
                                  and torch.equal(self.adj.values(), other.adj.values()))
 
 
-def _half_of(t: torch.Tensor) -> tuple[torch.Tensor, int] | None:
-    """(base, part) when ``t`` is the first (0) or second (1) half along dim 0 of a tensor twice its length, as the
-    replay buffer (``agents.algorithms.AMCReplayBuffer``) gathers a batch's observations and next observations."""
+def _rows_of(t: torch.Tensor, joint: list[torch.Tensor]) -> tuple[torch.Tensor, int, int] | None:
+    """(base, first row, end row) when ``t`` is a row range of a tensor marked with :meth:`_Unrolled.joint`."""
     base = t._base
-    if base is None or base.shape != (2 * t.shape[0], *t.shape[1:]) or base.stride() != t.stride():
+    if base is None or not any(base is m for m in joint) or base.stride() != t.stride() or t.stride(0) == 0:
         return None
     offset = (t.data_ptr() - base.data_ptr()) // t.element_size()
-    return (base, offset // (t.shape[0] * t.stride(0))) if offset in (0, t.shape[0] * t.stride(0)) else None
+    if offset % t.stride(0):
+        return None
+    return base, offset // t.stride(0), offset // t.stride(0) + t.shape[0]
 
 
 @dataclass
@@ -212,10 +213,10 @@ class _Readout:
 
 class _Unrolled:
     """A shared-graph batch as one graph over its distinct node states, built once per batch tensor and reused
-    by every encoder call on it (5 per SB3 gradient step: actor, critic and both targets see the same two batch
-    tensors, observations and next observations). When the two are halves of one tensor (the replay buffer
-    gathers them so) they are unrolled together: they share most node states, and one unroll of 2B rows costs
-    ~0.8 of one of B rows; each half then has its own readout.
+    by every encoder call on it (actor, critic and both targets see the same batch tensors). When the batches
+    are row ranges of one tensor marked with :meth:`joint` (the replay buffer gathers a step's observations,
+    next observations and self-imitation's best episode so) they are unrolled together: they share most node
+    states, and one unroll of 2B rows costs ~0.8 of one of B rows; each range then has its own readout.
 
     A node's value after layer ℓ depends only on the features of its ℓ-hop neighbourhood, and these repeat
     across the batch. Each (node, sample) gets an id per layer, equal for two rows iff their inputs to that
@@ -225,9 +226,10 @@ class _Unrolled:
     with the masks and means folded into the weights."""
 
     _recent: list[_Unrolled] = []  # the batches most recently unrolled, newest first
+    _joint: list[torch.Tensor] = []  # the tensors last marked with joint()
 
     def __init__(self, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
-                 num_decisions: int | None, parts: int = 1) -> None:
+                 num_decisions: int | None) -> None:
         B, N, _ = x.shape
         node = torch.arange(N, device=x.device).view(N, 1).expand(N, B)
         varying = (x.amax(0) != x.amin(0)).any(0).nonzero().view(-1).tolist()  # columns not equal in every row
@@ -249,22 +251,22 @@ class _Unrolled:
             # Row-major already: ids grow with the node index, and Â's columns are sorted in each row.
             self.layers.append(_Sparse(rows, cols, topo.weights[n][keep], (count, previous_count), ordered=True))
         self._last = ids, count, perm  # the last (stable) sort's: what the readouts are built from
-        self._parts, self._readouts = parts, {}
+        self._readouts: dict[tuple[int, int], _Readout] = {}
         self._decision_nodes, self._topo, self._num_decisions = decision_nodes, topo, num_decisions
 
-    def readout(self, part: int = 0) -> _Readout:
-        """The readouts of part ``part`` of the batch (rows part·B/parts onwards), built on first use."""
-        if part not in self._readouts:
-            ids, count, perm = self._last
-            size = ids.shape[1] // self._parts
-            low = part * size
-            if self._parts > 1:  # this part's columns, each row still in the stable sort's order
-                ids, perm = ids[:, low:low + size], perm[(perm >= low) & (perm < low + size)].view(-1, size) - low
-            current, graph = self._read(ids, count, perm, self._decision_nodes[low:low + size], self._topo)
+    def readout(self, rows: tuple[int, int] | None = None) -> _Readout:
+        """The readouts of the batch's rows ``rows`` = (first, end) (all by default), built on first use."""
+        ids, count, perm = self._last
+        rows = rows or (0, ids.shape[1])
+        if rows not in self._readouts:
+            low, high = rows
+            if rows != (0, ids.shape[1]):  # these columns, each row still in the stable sort's order
+                ids, perm = ids[:, low:high], perm[(perm >= low) & (perm < high)].view(len(ids), -1) - low
+            current, graph = self._read(ids, count, perm, self._decision_nodes[low:high], self._topo)
             decisions = None if self._num_decisions is None else self._decisions(ids, count, self._topo,
                                                                                   self._num_decisions)
-            self._readouts[part] = _Readout(current, graph, decisions)
-        return self._readouts[part]
+            self._readouts[rows] = _Readout(current, graph, decisions)
+        return self._readouts[rows]
 
     @staticmethod
     def _read(ids: torch.Tensor, count: int, perm: torch.Tensor, decision_nodes: torch.Tensor,
@@ -293,24 +295,38 @@ class _Unrolled:
         return _Sparse(rows.reshape(-1), ids[n].reshape(-1), values.reshape(-1), (num_decisions * B, count))
 
     @classmethod
+    def joint(cls, *tensors: torch.Tensor) -> None:
+        """Mark tensors (one per observation key the unroll reads: ``x``, ``decision_nodes``) whose row ranges are
+        handed over as separate batches: each range's encoder call then reuses one unroll of the whole tensor."""
+        cls._joint = list(tensors)
+
+    @classmethod
     def of(cls, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
            num_decisions: int | None) -> tuple[_Unrolled, _Readout]:
         """The unrolled batch and the readout of ``x``'s rows. Cached for the last two batches seen by any extractor:
-        a gradient step uses two (observations, next observations: one when they are halves of one tensor), SAC's
-        in the order obs, next, next, obs, obs. The cache keeps the tensors alive and checks their versions, so a
-        tensor changed in place is unrolled again."""
-        halves, part, parts = (_half_of(x), _half_of(decision_nodes)), 0, 1
-        if None not in halves and halves[0][1] == halves[1][1]:
-            (x, part), (decision_nodes, _), parts = halves[0], halves[1], 2
-        key = (x._version, decision_nodes._version, layers, num_decisions, parts)
+        a gradient step uses one (observations, next observations and the best episode as ranges of one marked
+        tensor) or two, SAC's in the order obs, next, next, obs, obs. The cache keeps the tensors alive and checks
+        their versions, so a tensor changed in place is unrolled again."""
+        ranges, rows = (_rows_of(x, cls._joint), _rows_of(decision_nodes, cls._joint)), None
+        if None not in ranges and ranges[0][1:] == ranges[1][1:]:
+            (x, *rows), (decision_nodes, *_) = ranges
+            rows = tuple(rows)
+        key = (x._version, decision_nodes._version, layers, num_decisions)
         for unrolled in cls._recent:
             if unrolled.inputs[0] is x and unrolled.inputs[1] is decision_nodes and unrolled.key == key \
                     and unrolled.topo.same_graph(topo):
-                return unrolled, unrolled.readout(part)
-        unrolled = cls(x, decision_nodes, topo, layers, num_decisions, parts)
+                return unrolled, unrolled.readout(rows)
+        unrolled = cls(x, decision_nodes, topo, layers, num_decisions)
         unrolled.inputs, unrolled.key, unrolled.topo = (x, decision_nodes), key, topo
         cls._recent = [unrolled] + cls._recent[:1]
-        return unrolled, unrolled.readout(part)
+        return unrolled, unrolled.readout(rows)
+
+
+def gathered_together(*tensors: torch.Tensor) -> None:
+    """Say that row ranges of these tensors (e.g. a replay batch's ``x`` and ``decision_nodes`` for observations,
+    next observations and demonstrations) will be handed over as separate batches: the graph extractor then
+    unrolls each tensor once for all of them. Only the last call's tensors are remembered."""
+    _Unrolled.joint(*tensors)
 
 
 class GraphEncoderExtractor(BaseFeaturesExtractor):

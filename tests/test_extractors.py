@@ -6,7 +6,8 @@ import pytest
 import torch
 from stable_baselines3.common.preprocessing import preprocess_obs
 
-from agents.extractors import EMBEDDINGS, GraphEncoderExtractor, LayerFeatureExtractor, _rows_equal, _Unrolled
+from agents.extractors import (EMBEDDINGS, GraphEncoderExtractor, LayerFeatureExtractor, _rows_equal, _Unrolled,
+                               gathered_together)
 from agmc_env.testing import tiny_env
 
 ENV = tiny_env(max_nodes=80, max_edges=100)
@@ -146,29 +147,37 @@ def test_expanded_static_keys_take_the_fast_path_with_the_same_result_and_gradie
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"decoder": "lstm"}])
-def test_halves_of_one_tensor_are_unrolled_together_with_the_results_of_each_alone(kwargs):
+def test_row_ranges_of_a_marked_tensor_are_unrolled_together_with_the_results_of_each_alone(kwargs):
     torch.manual_seed(0)
     ext = GraphEncoderExtractor(ENV.observation_space, **kwargs)
     first, high, low = _two_states()
-    obs, nxt = _batch(high, low, first), _batch(low, first, low)
-    alone = [_fast_and_generic(ext, o)[0] for o in (obs, nxt)]
-    both = {k: torch.cat([obs[k], nxt[k]]) for k in obs}  # as AMCReplayBuffer gathers x and decision_nodes
-    halves = [{**o, **{k: both[k][i * 3:(i + 1) * 3] for k in ("x", "decision_nodes")}}
-              for i, o in enumerate((obs, nxt))]
-    for half, (out, grads) in zip(halves, alone):
+    demo, obs, nxt = _batch(first, first), _batch(high, low, first), _batch(low, first, low)
+    # as AMCReplayBuffer gathers x and decision_nodes: demonstrations, observations, next observations
+    whole = {k: torch.cat([demo[k], obs[k], nxt[k]]) for k in obs}
+    gathered_together(whole["x"], whole["decision_nodes"])
+    spans = {"obs": (2, 5), "next": (5, 8), "demo+obs": (0, 5)}
+    batches = {"obs": obs, "next": nxt, "demo+obs": {k: torch.cat([demo[k], obs[k]]) for k in obs}}
+    alone = {name: _fast_and_generic(ext, b)[0] for name, b in batches.items()}
+    for name, (low_row, high_row) in spans.items():
+        ranged = {**batches[name], **{k: whole[k][low_row:high_row] for k in ("x", "decision_nodes")}}
+        out, grads = alone[name]
         ext.zero_grad()
-        got = ext(half)
+        got = ext(ranged)
         got.square().sum().backward()
         assert torch.allclose(got, out, atol=1e-6)
         assert all(torch.allclose(p.grad, g, atol=1e-6, rtol=1e-5) for p, g in zip(ext.parameters(), grads))
     unrolled = _Unrolled._recent[0]
-    assert unrolled.inputs[0] is both["x"] and set(unrolled._readouts) == {0, 1}  # one unroll for both halves
-    for part in (0, 1):
-        r = unrolled.readout(part)
+    assert unrolled.inputs[0] is whole["x"] and set(unrolled._readouts) == set(spans.values())  # one unroll
+    for rows in spans.values():
+        r = unrolled.readout(rows)
         for s in [r.current, r.graph] + ([r.decisions] if r.decisions is not None else []):
             for m in (s.a, s.t):
                 torch._validate_sparse_csr_tensor_args(m.crow_indices(), m.col_indices(), m.values(), m.shape)
             assert torch.equal(s.t.to_dense(), s.a.to_dense().t())
+    gathered_together()  # unmarked: a row range is unrolled on its own
+    obs_range = {**obs, **{k: whole[k][2:5] for k in ("x", "decision_nodes")}}
+    ext(obs_range)
+    assert _Unrolled._recent[0].inputs[0] is obs_range["x"]
 
 
 def test_unrolled_batch_follows_the_tensor_and_its_version():

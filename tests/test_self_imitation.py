@@ -9,7 +9,8 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
-from agents.algorithms import AMCReplayBuffer, make_agent
+from agents.algorithms import AMCReplayBuffer, _joined, make_agent
+from agents.extractors import _Unrolled
 from agents.run_folder import SearchConfig
 from agmc_env.testing import tiny_env
 
@@ -87,6 +88,31 @@ def test_the_imitation_loss_is_q_filtered_behaviour_cloning(embedding):
     torch.testing.assert_close(model._actor_loss(batch), expected)
     model.set_logger(configure(None, [""]))
     model.train(gradient_steps=3, batch_size=4)  # runs inside the actor loss
+
+
+def test_the_best_episode_is_gathered_with_the_batch_and_unrolled_with_it():
+    torch.manual_seed(0)
+    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="gnn", self_imitation=2.0, warmup=1)
+    env = tiny_env()
+    T = env.num_decisions
+    for final, action in ((0.1, -0.5), (0.9, 0.5), (0.4, 0.0)):
+        _episode(model.replay_buffer, env, T, final, action)
+    buffer = model.replay_buffer
+    np.random.seed(0)
+    separate = model._actor_loss(buffer.sample(4).observations)  # the best episode gathered on its own
+    buffer.imitate = True
+    np.random.seed(0)
+    data = buffer.sample(4)
+    elite = buffer.elite()
+    assert torch.all(elite.actions == 0.5) and len(elite.actions) == T
+    joined = _joined(elite.observations, data.observations)
+    base = data.observations["x"]._base
+    assert joined["x"]._base is base and elite.observations["x"]._base is base  # views of one tensor, no copy
+    assert torch.equal(joined["x"], torch.cat([elite.observations["x"], data.observations["x"]]))
+    torch.testing.assert_close(model._actor_loss(data.observations), separate)
+    assert _Unrolled._recent[0].inputs[0] is base  # the actor's pass reused the batch's unroll
+    _episode(buffer, env, T, 0.95, 0.25)  # a new best: the demonstration of the last sample is stale
+    assert torch.all(buffer.elite().actions == 0.25)
 
 
 def test_the_default_is_ten_for_ddpg_only():

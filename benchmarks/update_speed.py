@@ -1,0 +1,80 @@
+"""Seconds per RL update (SB3 ``train()`` after one episode: one gradient step per decision, batch 64) on an AGMC
+env's graph, without running the env's pruning or scoring: the replay buffer is filled with ``--episodes`` seeded
+random episodes (observations from ``AGMCEnv.trajectory``, random final rewards), as a search's would be after
+that many episodes. Isolates the update from the env's step, so before / after a change of the update can be
+compared in seconds, in one process per code version.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.update_speed [--env AGMC-ResNet56-v0] [--episodes 40] [--reps 6]
+        [--algo ddpg] [--embedding gnn] [--self-imitation 10 0] [--imitation-elites 1]
+
+Prints one JSON object per variant (median, runs); each variant is an agent built with the same seed on the same
+buffer contents, and the variants' repetitions alternate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.logger import configure
+
+import agmc_env  # noqa: F401  (registers the env ids)
+from agents.algorithms import make_agent
+
+
+def fill(model, env, episodes: int, seed: int) -> None:
+    """``episodes`` random episodes into ``model``'s replay buffer (actions in SB3's [-1, 1] units)."""
+    rng = np.random.default_rng(seed)
+    T = env.num_decisions
+    for _ in range(episodes):
+        actions = rng.uniform(-1, 1, size=(T, 1)).astype(np.float32)
+        obs = env.trajectory((actions + 1) / 2)
+        final = float(rng.uniform(0.3, 0.9))
+        for t in range(T):
+            done = t == T - 1
+            model.replay_buffer.add({k: v[None] for k, v in obs[t].items()}, {k: v[None] for k, v in obs[t + 1].items()},
+                                    actions[t][None], np.array([final if done else 0.0], np.float32),
+                                    np.array([done]), [{}])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", default="AGMC-ResNet56-v0")
+    p.add_argument("--episodes", type=int, default=40, help="random episodes in the buffer before timing")
+    p.add_argument("--reps", type=int, default=6)
+    p.add_argument("--algo", default="ddpg")
+    p.add_argument("--embedding", default="gnn")
+    p.add_argument("--self-imitation", type=float, nargs="+", default=[10.0], help="one variant per weight")
+    p.add_argument("--imitation-elites", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    env = gym.make(args.env).unwrapped
+    T = env.num_decisions
+    models = {}
+    for weight in args.self_imitation:
+        torch.manual_seed(args.seed)
+        model = make_agent(args.algo, env, embedding=args.embedding, episodes=max(300, args.episodes), warmup=0,
+                           seed=args.seed, self_imitation=weight, imitation_elites=args.imitation_elites)
+        model.set_logger(configure(None, [""]))
+        fill(model, env, args.episodes, args.seed)
+        model.train(T, model.batch_size)  # first call: caches, allocator
+        models[weight] = model
+    runs: dict[float, list[float]] = {w: [] for w in models}
+    for _ in range(args.reps):
+        for weight, model in models.items():
+            start = time.perf_counter()
+            model.train(T, model.batch_size)
+            runs[weight].append(time.perf_counter() - start)
+    for weight, times in runs.items():
+        print(json.dumps({"env": args.env, "algo": args.algo, "embedding": args.embedding, "self_imitation": weight,
+                          "imitation_elites": args.imitation_elites, "episodes_in_buffer": args.episodes,
+                          "threads": torch.get_num_threads(), "train_s_median": round(statistics.median(times), 4),
+                          "runs": [round(t, 4) for t in times]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
-from agents.algorithms import AMCReplayBuffer, _joined, make_agent
+from agents.algorithms import AMCReplayBuffer, Demonstration, _joined, make_agent
 from agents.extractors import _Unrolled
 from agents.run_folder import SearchConfig
 from agmc_env.testing import tiny_env
@@ -113,6 +113,32 @@ def test_the_best_episode_is_gathered_with_the_batch_and_unrolled_with_it():
     assert _Unrolled._recent[0].inputs[0] is base  # the actor's pass reused the batch's unroll
     _episode(buffer, env, T, 0.95, 0.25)  # a new best: the demonstration of the last sample is stale
     assert torch.all(buffer.elite().actions == 0.25)
+
+
+def test_training_with_the_gathered_best_episode_equals_training_with_it_gathered_apart():
+    env = tiny_env()
+    T = env.num_decisions
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="gnn", self_imitation=2.0, warmup=1)
+        for final, action in ((0.1, -0.5), (0.9, 0.5), (0.4, 0.0)):
+            _episode(model.replay_buffer, env, T, final, action)
+        model.set_logger(configure(None, [""]))
+        models.append(model)
+    apart = models[1].replay_buffer
+
+    def elite_gathered_apart():  # the path before: its own gather, its own unroll
+        data = apart._get_samples(np.concatenate([rows for _, rows in apart._elite]))
+        return Demonstration(data.observations, data.actions)
+
+    apart.elite = elite_gathered_apart
+    for model in models:
+        np.random.seed(0)
+        torch.manual_seed(1)
+        model.train(gradient_steps=8, batch_size=4)
+    for a, b in zip(models[0].policy.parameters(), models[1].policy.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_the_default_is_ten_for_ddpg_only():

@@ -39,6 +39,9 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm  # noqa: E402
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor  # noqa: E402
 from torch import nn  # noqa: E402
 
+from agmc_env.env import LAYER_FEATURES  # noqa: E402
+
+BUDGET_FEATURES = ("reduced", "rest", "prev_action")  # of the env's LAYER_FEATURES: where the budget stands
 CONV_LAYERS = {"gcn": gnn.GCNConv, "sage": gnn.SAGEConv, "graph": gnn.GraphConv, "gat": gnn.GATConv}
 DECODERS = ("none", "lstm")
 
@@ -337,15 +340,19 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
     :param hidden: width of every graph layer.
     :param layers: number of graph layers.
     :param decoder: ``"none"`` or ``"lstm"`` (the paper's decoder over the decision sequence).
+    :param budget: append the budget state AMC's features carry (MACs removed so far, MACs of the decisions still
+        to come, the previous keep ratio; the ``"layer"`` key's :data:`BUDGET_FEATURES`) to the graph embedding.
     """
 
     def __init__(self, observation_space: gym.spaces.Dict, conv: str = "gcn", hidden: int = 64, layers: int = 2,
-                 decoder: str = "none") -> None:
+                 decoder: str = "none", budget: bool = False) -> None:
         if conv not in CONV_LAYERS:
             raise ValueError(f"unknown graph layer {conv!r}; choose one of {sorted(CONV_LAYERS)}")
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
-        super().__init__(observation_space, features_dim=(3 if decoder == "lstm" else 2) * hidden)
+        super().__init__(observation_space, features_dim=(3 if decoder == "lstm" else 2) * hidden
+                         + (len(BUDGET_FEATURES) if budget else 0))
+        self.budget = torch.tensor([LAYER_FEATURES.index(f) for f in BUDGET_FEATURES]) if budget else None
         in_dim = observation_space["x"].shape[1]
         self.convs = nn.ModuleList(CONV_LAYERS[conv](in_dim if i == 0 else hidden, hidden) for i in range(layers))
         self.act = nn.ReLU()
@@ -402,6 +409,12 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         return h.view(B, N, -1) * obs["node_mask"].unsqueeze(-1)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        embedding = self._embed(obs)
+        if self.budget is None:
+            return embedding
+        return torch.cat([embedding, obs["layer"][:, self.budget.to(embedding.device)]], 1)
+
+    def _embed(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         topo = self._shared_topology(obs) if self.fast else None
         if topo is not None:
             return self._fast_forward(obs, topo)
@@ -436,5 +449,6 @@ class LayerFeatureExtractor(BaseFeaturesExtractor):
 EMBEDDINGS: dict[str, tuple[type[BaseFeaturesExtractor], dict]] = {
     "gnn": (GraphEncoderExtractor, {}),
     "gnn-lstm": (GraphEncoderExtractor, {"decoder": "lstm"}),
+    "gnn-budget": (GraphEncoderExtractor, {"budget": True}),
     "amc": (LayerFeatureExtractor, {}),
 }

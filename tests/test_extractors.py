@@ -218,3 +218,21 @@ def test_dense_ids_are_torch_unique_on_node_major_keys(B):
     rows = torch.stack([node.reshape(-1), first.reshape(-1), second.reshape(-1)], 1)
     unique, inverse = torch.unique(rows, dim=0, return_inverse=True)  # lexicographic: node-major
     assert torch.equal(ids, inverse.view(N, B)) and count == len(unique)
+
+
+def test_the_budget_state_is_appended_to_the_graph_embedding():
+    from agents.extractors import BUDGET_FEATURES
+    from agmc_env.env import LAYER_FEATURES
+
+    torch.manual_seed(0)
+    plain = GraphEncoderExtractor(ENV.observation_space)
+    budget = GraphEncoderExtractor(ENV.observation_space, budget=True)
+    budget.load_state_dict(plain.state_dict())  # the same parameters: the budget state adds none
+    first, high, low = _two_states()
+    obs = _batch(high, low, first)
+    out = budget(obs)
+    assert budget.features_dim == plain.features_dim + 3 == out.shape[1]
+    assert torch.equal(out[:, :plain.features_dim], plain(obs))
+    columns = [LAYER_FEATURES.index(f) for f in BUDGET_FEATURES]
+    assert torch.equal(out[:, plain.features_dim:], obs["layer"][:, columns])
+    assert EMBEDDINGS["gnn-budget"] == (GraphEncoderExtractor, {"budget": True})

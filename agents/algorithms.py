@@ -51,6 +51,8 @@ from agents.extractors import EMBEDDINGS, gathered_together
 from agents.noise import SCALED_FLOOR, AMCNoise, TruncatedNormalExploration, check_sigma_floor, scaled_decay
 
 CREDITS = ("terminal", "episode")
+SELF_IMITATION = 10.0  # DDPG's default λ, chosen on ResNet-20's reward split
+EXPLORATIONS = ("amc", "scaled")
 
 
 class Demonstration(NamedTuple):
@@ -58,10 +60,6 @@ class Demonstration(NamedTuple):
 
     observations: dict[str, torch.Tensor]
     actions: torch.Tensor
-
-
-SELF_IMITATION = 10.0  # DDPG's default λ, chosen on ResNet-20's reward split
-EXPLORATIONS = ("amc", "scaled")
 
 
 class ActorLearningRate:
@@ -197,7 +195,8 @@ def _joined(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> 
             joined[k] = a[:1].expand(len(a) + len(b), *a.shape[1:])
         elif a._base is not None and a._base is b._base and a.stride() == b.stride() \
                 and a.data_ptr() + len(a) * a.stride(0) * a.element_size() == b.data_ptr():
-            joined[k] = a._base[(a.data_ptr() - a._base.data_ptr()) // (a.stride(0) * a.element_size()):][:len(a) + len(b)]
+            first_row = (a.data_ptr() - a._base.data_ptr()) // (a.stride(0) * a.element_size())
+            joined[k] = a._base[first_row:first_row + len(a) + len(b)]
         else:
             joined[k] = torch.cat([a, b])
     return joined

@@ -6,6 +6,7 @@
   graph embedding, are unrolled by an LSTM over the decision sequence and the output at the current
   decision is the state. The whole sequence is recomputed per call, so the extractor stays stateless
   from SB3's point of view, and both actor and critic losses train encoder and decoder end to end.
+  With ``budget=True`` (``--embedding gnn-budget``) the budget state of AMC's features is appended.
 - :class:`LayerFeatureExtractor` — AMC's 11 hand-made features (the ``"layer"`` key): the baseline.
 
 A batch of B observations becomes one disjoint-union graph (node offsets b·N), so there is no Python

@@ -59,7 +59,7 @@ def test_layer_extractor_is_amc_state():
 
 
 def test_registry_and_bad_options():
-    assert set(EMBEDDINGS) == {"gnn", "gnn-lstm", "amc"}
+    assert set(EMBEDDINGS) == {"gnn", "gnn-lstm", "gnn-budget", "amc"}
     with pytest.raises(ValueError, match="unknown graph layer 'gin'"):
         GraphEncoderExtractor(ENV.observation_space, conv="gin")
     with pytest.raises(ValueError, match="unknown decoder"):

@@ -4,7 +4,7 @@ Defaults (AMC's released code, mapped onto SB3; see ``make_agent``). Chosen on t
 they beat AGMC's settings (terminal reward, σ × 0.95, one learning rate) by 3.7 pt over 3 seeds, on ResNet-56
 by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
 
-- γ = 1, τ = 0.01, batch 64, actor and critic heads 300-300; learning rates 1e-3 (critic) and ``actor_lr``
+- γ = 1 (``gamma``), τ = 0.01, batch 64, actor and critic heads 300-300; learning rates 1e-3 (critic) and ``actor_lr``
   1e-4 (actor), as AMC;
 - replay buffer = episodes × decisions transitions (the whole search; SB3's 1e6 default would reserve
   tens of GB for graph observations);
@@ -446,7 +446,7 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
                reward_baseline: bool = True, credit: str = "episode", exploration: str = "scaled",
                learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, updates_per_step: int = 1,
                reward_scale: bool = False, self_imitation: float | None = None, imitation_elites: int = 1,
-               applied_actions: bool = False,
+               applied_actions: bool = False, gamma: float = 1.0,
                sigma_floor: float = SCALED_FLOOR / 2, batch_size: int = 64,
                extractor_kwargs: dict | None = None, tensorboard_log: str | None = None,
                device: str = "auto", verbose: int = 0) -> OffPolicyAlgorithm:
@@ -461,7 +461,7 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
                          net_arch=dict(pi=[300, 300], qf=[300, 300]), optimizer_kwargs=_adam_kwargs(device))
     options: dict[str, Any] = dict(
         learning_rate=learning_rate, buffer_size=max(episodes * decisions, batch_size), learning_starts=warmup * decisions,
-        batch_size=batch_size, tau=0.01, gamma=1.0, train_freq=(1, "episode"), gradient_steps=-1,
+        batch_size=batch_size, tau=0.01, gamma=gamma, train_freq=(1, "episode"), gradient_steps=-1,
         policy_kwargs=policy_kwargs, seed=seed, device=device, verbose=verbose, tensorboard_log=tensorboard_log,
     )
     options["replay_buffer_class"] = AMCReplayBuffer  # credit="terminal", no baseline: SB3's + the shared graph

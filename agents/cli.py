@@ -132,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--imitation-elites", type=_kind("positive int"), default=1, metavar="K",
                    help="DDPG/TD3 self-imitation: pull towards the best K episodes so far, not only the best "
                    "(default 1)")
+    s.add_argument("--gamma", type=_kind("unit interval"), default=1.0,
+                   help="RL discount (default 1, AMC's: with --credit episode every step's target adds the next "
+                   "step's value to the final reward; 0: each step's critic regresses the final reward alone)")
     s.add_argument("--applied-actions", action=argparse.BooleanOptionalAction, default=False,
                    help="store each transition with the action the env applied (after channel rounding and the "
                    "budget wall) instead of the agent's (default off)")
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 config = SearchConfig(args.env_id, method, args.embedding, args.episodes, args.warmup, args.seed,
                                       args.reward_baseline, _env_kwargs(args), args.credit, args.exploration,
                                       args.actor_lr, args.updates_per_step, args.sigma_floor, args.reward_scale,
-                                      args.self_imitation, args.applied_actions, args.imitation_elites)
+                                      args.self_imitation, args.applied_actions, args.imitation_elites,
+                                      args.gamma)
                 best = run_search(config, args.out, force=args.force, progress=not args.no_progress)
             print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
         elif args.command == "evaluate":

@@ -40,7 +40,7 @@ class RunError(RuntimeError):
 # What a run recorded before these fields existed had: terminal reward, AMC's σ decay, one learning rate.
 LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1,
           "sigma_floor": 0.05, "reward_scale": False, "self_imitation": 0.0,
-          "applied_actions": False, "imitation_elites": 1}
+          "applied_actions": False, "imitation_elites": 1, "gamma": 1.0}
 
 
 @dataclass
@@ -64,6 +64,7 @@ class SearchConfig:
     self_imitation: float | None = None
     applied_actions: bool = False  # RL: store the action the env applied (after rounding and the wall)
     imitation_elites: int = 1  # DDPG/TD3 self-imitation: how many best episodes the actor is pulled towards
+    gamma: float = 1.0  # RL: discount (AMC's 1; 0 with credit="episode": each step's critic regresses the final reward)
 
     def __post_init__(self) -> None:
         if self.self_imitation is None:  # resolved here: the run folder records the value the run used
@@ -71,7 +72,7 @@ class SearchConfig:
         # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.
         for name, kind in (("episodes", "positive int"), ("warmup", "count"), ("seed", "int"),
                            ("updates_per_step", "positive int"), ("self_imitation", "number ≥ 0"),
-                           ("imitation_elites", "positive int")):
+                           ("imitation_elites", "positive int"), ("gamma", "unit interval")):
             value = getattr(self, name)
             if not KINDS[kind].fits(value):
                 raise ValueError(f"{name}={value!r} must be {KINDS[kind].what}")

@@ -54,6 +54,7 @@ KINDS: dict[str, Kind] = {
     "int": Kind("an integer", _integer, parse=int),
     "positive number": Kind("a number > 0", _real, lambda v: math.isfinite(v) and v > 0, float),
     "number ≥ 0": Kind("a number ≥ 0", _real, lambda v: math.isfinite(v) and v >= 0, float),
+    "unit interval": Kind("a number in [0, 1]", _real, lambda v: 0.0 <= v <= 1.0, float),
     "bool": Kind("True or False", lambda v: isinstance(v, bool)),
     "path": Kind("a path (str or os.PathLike)", lambda v: isinstance(v, (str, os.PathLike))),
 }

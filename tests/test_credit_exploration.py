@@ -203,3 +203,11 @@ def test_sac_actor_loss_skips_the_critic_encoder_backward_with_the_same_actor_gr
     (actor_new, critic_enc_new), (actor_sb3, critic_enc_sb3) = grads
     assert all(torch.equal(a, b) for a, b in zip(actor_new, actor_sb3))
     assert all(g is None for g in critic_enc_new) and any(g is not None for g in critic_enc_sb3)
+
+
+def test_gamma_is_the_agents_discount_and_a_number_in_the_unit_interval():
+    assert SearchConfig("AGMCTest-Tiny-v0").gamma == 1.0  # AMC's
+    assert make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc", gamma=0.0).gamma == 0.0
+    for bad in (1.5, -0.1, "1"):
+        with pytest.raises(ValueError, match="gamma"):
+            SearchConfig("AGMCTest-Tiny-v0", gamma=bad)

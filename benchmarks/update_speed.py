@@ -24,6 +24,7 @@ from stable_baselines3.common.logger import configure
 
 import agmc_env  # noqa: F401  (registers the env ids)
 from agents.algorithms import make_agent
+from benchmarks.step_speed import cpu_capability, cpu_name
 
 
 def fill(model, env, episodes: int, seed: int) -> None:
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     for weight, times in runs.items():
         print(json.dumps({"env": args.env, "algo": args.algo, "embedding": args.embedding, "self_imitation": weight,
                           "imitation_elites": args.imitation_elites, "episodes_in_buffer": args.episodes,
+                          "machine": f"{cpu_name()} ({cpu_capability()})", "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "train_s_median": round(statistics.median(times), 4),
                           "runs": [round(t, 4) for t in times]}))
 

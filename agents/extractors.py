@@ -20,7 +20,8 @@ expanded row, so the check reads no data. On that graph the batch's node rows ar
 per-sample features (keep ratios rounded to channel counts, the current decision) take few values per node,
 so a ResNet-56 batch of 64 has ~850 distinct layer-1 and ~1150 distinct layer-2 node states among its
 225 × 64 node rows. :class:`_Unrolled` finds them once per batch tensor (exact integer keys) and each layer
-runs on the distinct states only: one sparse matmul ``S (H Wᵀ) + b`` per layer, then sparse readout matmuls.
+runs on the distinct states only: one sparse matmul ``S (H Wᵀ) + b`` per layer (layer 1 as ``(S X) Wᵀ + b``,
+with ``S X`` computed once per batch tensor), then sparse readout matmuls.
 The GCNConv modules (and so the state_dict) are the same and every output row is the function PyG's
 ``Â (H Wᵀ) + b`` computes; only the summation order differs (float noise). Batches with differing graphs,
 and the other layer types, take the generic PyG path.
@@ -254,6 +255,9 @@ class _Unrolled:
             cols = previous[topo.neighbours[n], b.unsqueeze(1)][keep]
             # Row-major already: ids grow with the node index, and Â's columns are sorted in each row.
             self.layers.append(_Sparse(rows, cols, topo.weights[n][keep], (count, previous_count), ordered=True))
+        # Layer 1's aggregation of the inputs, Â X (then · W₁ᵀ), holds no weights: computed once here for all the
+        # encoder calls on this batch (five per gradient step), and its backward becomes a dense GEMM.
+        self.first = self.layers[0].a @ self.x
         self._last = ids, count, perm  # the last (stable) sort's: what the readouts are built from
         self._readouts: dict[tuple[int, int], _Readout] = {}
         self._decision_nodes, self._topo, self._num_decisions = decision_nodes, topo, num_decisions
@@ -351,6 +355,8 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
             raise ValueError(f"unknown graph layer {conv!r}; choose one of {sorted(CONV_LAYERS)}")
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}")
+        if not (isinstance(layers, int) and layers >= 1):
+            raise ValueError(f"layers={layers!r} must be an int ≥ 1 (graph layers in the encoder)")
         super().__init__(observation_space, features_dim=(3 if decoder == "lstm" else 2) * hidden
                          + (len(BUDGET_FEATURES) if budget else 0))
         self.budget = torch.tensor([LAYER_FEATURES.index(f) for f in BUDGET_FEATURES]) if budget else None
@@ -382,8 +388,9 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         B = obs["x"].shape[0]
         T = self.num_decisions if self.decoder == "lstm" else None
         unrolled, readout = _Unrolled.of(obs["x"], obs["decision_nodes"], topo, len(self.convs), T)
-        h = unrolled.x
-        for conv, a in zip(self.convs, unrolled.layers):
+        first = self.convs[0]
+        h = torch.relu_(torch.addmm(first.bias, unrolled.first, first.lin.weight.t()))  # (Â X) W₁ᵀ + b₁
+        for conv, a in zip(self.convs[1:], unrolled.layers[1:]):
             # in place: _Aggregate keeps nothing of its output for backward
             h = torch.relu_(_Aggregate.apply(a, conv.lin(h), conv.bias))
         current, graph = _Aggregate.apply(readout.current, h, None), _Aggregate.apply(readout.graph, h, None)

@@ -64,6 +64,8 @@ def test_registry_and_bad_options():
         GraphEncoderExtractor(ENV.observation_space, conv="gin")
     with pytest.raises(ValueError, match="unknown decoder"):
         GraphEncoderExtractor(ENV.observation_space, decoder="gru")
+    with pytest.raises(ValueError, match="layers=0 must be an int ≥ 1"):
+        GraphEncoderExtractor(ENV.observation_space, layers=0)
 
 
 def _fast_and_generic(ext, obs):

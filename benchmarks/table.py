@@ -301,7 +301,9 @@ def _weights_of(folder: Path) -> str | None:
 
 
 def policy_source(config: GridConfig, policy: str) -> Path | None:
-    """The finished run a fine-tuned row starts from: the best search by reward split, or a method's first seed."""
+    """The finished run a fine-tuned row starts from: the best search by reward split, or a method's first seed.
+    Where that run's folder is not on this machine but its record is, the record's policy stands in for it
+    (:func:`_record_source`)."""
     if policy == finetune_rows.BEST_SEARCH:  # pinned in the records: the choice outlives the run folders
         candidates = [(m, s) for m, s in runs_of(config) if m.stochastic and not m.env]
         try:
@@ -311,14 +313,41 @@ def policy_source(config: GridConfig, policy: str) -> Path | None:
         except FileNotFoundError as exc:
             pinned = json.loads((records.folder(RESULTS, config.name) / "finetune" / "best-search.json").read_text())
             cell = next(((m, s) for m, s in candidates if run_dir(config, m, s).name == pinned["run"]), None)
-            raise SystemExit(f"{exc}" + (f"; or run it again (same seed, same run on the same kind of CPU): "
-                                         f"{_rerun_hint(config, *cell)}" if cell else "")) from exc
+            source = _record_source(config, *cell) if cell else None
+            if source is None:
+                raise SystemExit(f"{exc}" + (f"; or run it again (same seed, same run on the same kind of CPU): "
+                                             f"{_rerun_hint(config, *cell)}" if cell else "")) from exc
+            return source
     method = method_named(policy)
     folder = run_dir(config, method, config.seeds[0])
-    if not _finished(folder) and _record_path(config, method, config.seeds[0]).is_file():
-        print(f"[{config.name}] the {policy} rows need the run folder {folder}, which this machine does not have "
-              f"(its run is recorded): {_rerun_hint(config, method, config.seeds[0])}", flush=True)
-    return folder if _finished(folder) else None
+    if _finished(folder):
+        return folder
+    return _record_source(config, method, config.seeds[0])
+
+
+def _record_source(config: GridConfig, method: Method, seed: int) -> Path | None:
+    """A stand-in for a run folder this machine lacks, built from the run's committed record: the ``best.json``
+    a fine-tuned row's start replays (:func:`benchmarks.finetune_rows.start_checkpoint`) — the recorded keep
+    ratios in this machine's env of the grid. The start's weights then differ from the original machine's by
+    the BN recalibration's float rounding only (another CPU kind, bf16 or not): the same ratios, the same
+    channels, the same least-squares repair."""
+    record = records.read(_record_path(config, method, seed))
+    if record is None or "keep_ratios" not in record:
+        return None
+    weights = config.env_kwargs.get("weights")
+    if record.get("weights") and Path(record["weights"]).name != Path(weights or "").name:
+        raise SystemExit(f"{_record_path(config, method, seed)} was searched on {Path(record['weights']).name}, but "
+                         f"this machine's {config.name} grid would load {weights or 'the published checkpoint'}: set "
+                         f"$AGMC_WEIGHTS_DIR to the folder holding {Path(record['weights']).name}")
+    folder = RUNS / config.name / "finetune" / "from-records" / run_dir(config, method, seed).name
+    folder.mkdir(parents=True, exist_ok=True)
+    best = {"env_id": config.env_id, "env_kwargs": {**config.env_kwargs, **dict(method.env)},
+            "keep_ratios": record["keep_ratios"], "accuracy": record["val_accuracy"],
+            "record": str(_record_path(config, method, seed))}
+    (folder / "best.json").write_text(json.dumps(best, indent=1))
+    print(f"[{config.name}] {folder.name}'s run folder is not on this machine: its recorded policy is replayed "
+          f"instead ({folder})", flush=True)
+    return folder
 
 
 def _rerun_hint(config: GridConfig, method: Method, seed: int) -> str:

@@ -80,3 +80,28 @@ def test_the_best_search_is_pinned_by_its_first_choice(runs, tmp_path):
     assert fr.pinned_best_run([other, first], tmp_path) == first  # a later, better run would not move it
     with pytest.raises(FileNotFoundError, match="best-search.json"):
         fr.pinned_best_run([other], tmp_path)
+
+
+def test_a_row_whose_run_folder_is_gone_replays_the_recorded_policy(tmp_path):
+    """On another machine only the committed records exist: the pinned best search and uniform start from their
+    recorded keep ratios."""
+    import shutil
+
+    from benchmarks import table
+
+    common = ["smoke", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results")]
+    table.main([*common, "--sequential", "--skip-finetune", "--methods", "uniform,random"])
+    table.main([*common, "--finetune-only", "--finetune-rows", "best-search-none"])  # pins the best search
+    records = tmp_path / "results" / "records" / "smoke"
+    pinned = json.loads((records / "finetune" / "best-search.json").read_text())["run"]
+    shutil.rmtree(tmp_path / "runs")
+    table.main([*common, "--finetune-only", "--finetune-rows", "best-search-lstsq,uniform-none"])
+    finetune = tmp_path / "runs" / "smoke" / "finetune"
+    for run, start in ((pinned, "best-search-lstsq"), ("uniform-s0", "uniform-none")):
+        recorded = json.loads((records / f"{run}.json").read_text())["keep_ratios"]
+        assert json.loads((finetune / "from-records" / run / "best.json").read_text())["keep_ratios"] == recorded
+        meta = torch.load(finetune / "starts" / f"{start}.pt", weights_only=False)["meta"]
+        assert meta["keep_ratios"] == pytest.approx(recorded)
+    rendered = (tmp_path / "results" / "smoke.md").read_text()
+    assert f"| best search ({pinned}) | repaired | no | " in rendered
+    assert "| uniform (uniform-s0) | not repaired | no | " in rendered

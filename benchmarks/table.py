@@ -502,9 +502,13 @@ def render(config: GridConfig, argv: list[str]) -> None:
     if missing:
         lines += ["", f"**Partial grid**: {missing} runs have not finished (rows show finished/planned runs); "
                   "re-running the command above resumes the grid where it stopped."]
-    if len(rows) >= 3:
+    val, test = [r["val_accuracy"] for r in rows], [r["test_accuracy"] for r in rows]
+    if len(rows) >= 3 and min(len(set(val)), len(set(test))) < 2:  # a rank correlation needs two distinct values
+        lines += ["", f"Reward split vs test over every run's best policy ({len(rows)} runs): Spearman ρ undefined "
+                  "(every run scored the same on one of the two splits)."]
+    elif len(rows) >= 3:
         lines += ["", f"Reward split vs test over every run's best policy ({len(rows)} runs): Spearman ρ = "
-                  f"{_spearman([r['val_accuracy'] for r in rows], [r['test_accuracy'] for r in rows]):.3f} — how far "
+                  f"{_spearman(val, test):.3f} — how far "
                   "the search's objective ranks pruned networks as the held-out test set does."]
     from agents.algorithms import SELF_IMITATION
 

@@ -322,7 +322,11 @@ def policy_source(config: GridConfig, policy: str) -> Path | None:
     folder = run_dir(config, method, config.seeds[0])
     if _finished(folder):
         return folder
-    return _record_source(config, method, config.seeds[0])
+    source = _record_source(config, method, config.seeds[0])
+    if source is None and _record_path(config, method, config.seeds[0]).is_file():  # recorded without its policy
+        print(f"[{config.name}] the {policy} rows need the run folder {folder}, which this machine does not have "
+              f"(its record has no keep ratios): {_rerun_hint(config, method, config.seeds[0])}", flush=True)
+    return source
 
 
 def _record_source(config: GridConfig, method: Method, seed: int) -> Path | None:
@@ -332,7 +336,7 @@ def _record_source(config: GridConfig, method: Method, seed: int) -> Path | None
     the BN recalibration's float rounding only (another CPU kind, bf16 or not): the same ratios, the same
     channels, the same least-squares repair."""
     record = records.read(_record_path(config, method, seed))
-    if record is None or "keep_ratios" not in record:
+    if record is None or record.get("keep_ratios") is None:  # rebuilt records may lack the policy
         return None
     weights = config.env_kwargs.get("weights")
     if record.get("weights") and Path(record["weights"]).name != Path(weights or "").name:

@@ -52,8 +52,13 @@ def test_a_record_without_keep_ratios_is_named_not_drawn(rendered, monkeypatch):
     assert "| random | 2/2 |" in md  # still in the table
 
 
-def test_a_row_whose_run_is_only_recorded_names_how_to_run_it_again(rendered, capsys):
+def test_a_row_whose_policy_is_not_recorded_names_how_to_run_it_again(rendered, capsys, monkeypatch):
+    """A record rebuilt without keep ratios cannot stand in for its run folder (a record with them can:
+    tests/test_finetune_rows.py)."""
     root, argv = rendered
+    monkeypatch.setattr(table, "RESULTS", root / "results")
+    path = table._record_path(table.preset("smoke"), table.method_named("uniform"), 0)
+    records.write(path, {**json.loads(path.read_text()), "keep_ratios": None, "keep_ratios_in": "an older picture"})
     shutil.rmtree(root / "runs", ignore_errors=True)
     table.main([*argv, "--finetune-only", "--finetune-rows", "uniform-lstsq"])
     out = capsys.readouterr().out

@@ -64,7 +64,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
 
 def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["epoch", "test_accuracy", "seconds"])
+    writer = csv.DictWriter(buf, fieldnames=["epoch", "test_accuracy", "seconds", "precision"])
     writer.writeheader()
     writer.writerows(history)
     atomic_write(path, buf.getvalue().encode())
@@ -164,7 +164,8 @@ def finetune(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: i
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}", refresh=False)
         acc = ev.accuracy(model)
-        history.append({"epoch": epoch, "test_accuracy": acc, "seconds": round(time.perf_counter() - t0, 2)})
+        history.append({"epoch": epoch, "test_accuracy": acc, "seconds": round(time.perf_counter() - t0, 2),
+                        "precision": "bf16" if use_bf16 else "fp32"})  # amp="auto" resolves per machine
         log(f"epoch {epoch}: test accuracy {acc:.4f} ({history[-1]['seconds']} s)")
         buf = io.BytesIO()
         torch.save({"settings": settings, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),

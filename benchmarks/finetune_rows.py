@@ -105,6 +105,13 @@ def run(row: FinetuneRow, source: Path, root: Path, epochs: int, log=print) -> N
     finetune(start, out, epochs=epochs, distill=row.distill, log=log)
 
 
+def precision(history: list[dict[str, Any]]) -> str:
+    """The precision the epochs trained in (``amp="auto"`` resolves per machine, and a row resumed on another
+    machine may change it): "fp32", "bf16", or each change in order ("bf16 → fp32"); "?" for epochs recorded
+    before the precision was."""
+    return " → ".join(dict.fromkeys(h.get("precision", "?") for h in history))
+
+
 def result(row: FinetuneRow, root: Path, epochs: int) -> dict[str, Any] | None:
     """Test accuracy before and after the epochs done so far (None before the first epoch)."""
     import torch
@@ -117,5 +124,5 @@ def result(row: FinetuneRow, root: Path, epochs: int) -> dict[str, Any] | None:
     state = torch.load(out / STATE, map_location="cpu", weights_only=False)  # written after every epoch
     history = state["history"]
     return {"before": state["start_accuracy"], "after": history[-1]["test_accuracy"], "epochs": state["epoch"],
-            "minutes": sum(h["seconds"] for h in history) / 60,
+            "minutes": sum(h["seconds"] for h in history) / 60, "precision": precision(history),
             "source": Path(json.loads((out / "source.json").read_text())["run"]).name}

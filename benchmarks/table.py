@@ -375,22 +375,22 @@ def _finetune_lines(config: GridConfig, base_test: float) -> list[str]:
     epochs = config.finetune_epochs
     lines = ["", f"Fine-tuned rows: {epochs} epochs of `agmc finetune` (SGD + Nesterov, lr 0.01 cosine, wd 5e-4, "
              "batch 128, crop + flip, full training split; distillation: `--distill`, T = 4, α = 0.9, teacher = the "
-             "unpruned net; `--amp auto`: bf16 autocast where the device has native bf16, as the AMD EPYC that ran "
-             "these rows has, fp32 elsewhere). Each starts from its policy replayed for one episode with least-squares repair "
+             "unpruned net; `--amp auto`: bf16 autocast where the device has native bf16, fp32 elsewhere — the "
+             "precision column says which the epochs ran in; \"?\": recorded before the precision was). Each starts from its policy replayed for one episode with least-squares repair "
              "(\"repaired\") or without; \"best search\" = the search run with the highest reward-split accuracy "
              "when its first row started (pinned in `finetune/best-search.json`). Rows still running show the epochs "
              "done (they resume). Wall minutes are the epochs' wall-clock time, including any time the process was "
              "paused or shared its core (the CPU rows ran beside searches, one thread each).", "",
              "| policy (run) | start weights | distillation | test before (%) | test after (%) | Δ test after (pt) | "
-             "epochs done | wall minutes |", "|---|---|---|---|---|---|---|---|"]
+             "epochs done | precision | wall minutes |", "|---|---|---|---|---|---|---|---|---|"]
     for row in finetune_rows.planned(config.finetune_policies):
         r = _finetune_result(config, row)
         source = f" ({r['source']})" if r else ""
         start = "repaired" if row.repair != "none" else "not repaired"
         head = f"| {row.policy}{source} | {start} | {'yes' if row.distill else 'no'} |"
-        lines.append(f"{head} not run yet | | | | |" if r is None else
+        lines.append(f"{head} not run yet | | | | | |" if r is None else
                      f"{head} {100 * r['before']:.2f} | {100 * r['after']:.2f} | {100 * (r['after'] - base_test):+.2f} | "
-                     f"{r['epochs']}/{epochs} | {r['minutes']:.0f} |")
+                     f"{r['epochs']}/{epochs} | {r.get('precision', '?')} | {r['minutes']:.0f} |")
     return lines
 
 

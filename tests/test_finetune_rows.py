@@ -49,7 +49,7 @@ def test_a_row_runs_once_and_reports_its_epochs(runs, tmp_path):
     assert fr.result(row, tmp_path, 1) is None
     fr.run(row, runs / "uniform-s0", tmp_path, 1, log=lambda *_: None)
     result = fr.result(row, tmp_path, 1)
-    assert result["epochs"] == 1 and result["source"] == "uniform-s0"
+    assert result["epochs"] == 1 and result["source"] == "uniform-s0" and result["precision"] in ("fp32", "bf16")
     assert 0 <= result["before"] <= 1 and 0 <= result["after"] <= 1
     mtime = (row.folder(tmp_path, 1) / "finetuned.pt").stat().st_mtime
     fr.run(row, runs / "uniform-s0", tmp_path, 1, log=lambda *_: None)  # finished: left as it is
@@ -106,3 +106,9 @@ def test_a_row_whose_run_folder_is_gone_replays_the_recorded_policy(tmp_path):
     assert f"| best search ({pinned}) | repaired | no | " in rendered
     assert "| uniform (uniform-s0) | not repaired | no | " in rendered
     assert "ρ = nan" not in rendered  # a few tiny runs may all score alike: ρ is then said to be undefined
+
+
+def test_a_rows_precision_names_each_change_in_order():
+    assert fr.precision([{"precision": "bf16"}, {"precision": "bf16"}, {"precision": "fp32"}]) == "bf16 → fp32"
+    assert fr.precision([{"precision": "fp32"}]) == "fp32"
+    assert fr.precision([{"epoch": 1}]) == "?"  # recorded before the precision was

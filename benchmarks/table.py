@@ -376,8 +376,8 @@ def _finetune_lines(config: GridConfig, base_test: float) -> list[str]:
     lines = ["", f"Fine-tuned rows: {epochs} epochs of `agmc finetune` (SGD + Nesterov, lr 0.01 cosine, wd 5e-4, "
              "batch 128, crop + flip, full training split; distillation: `--distill`, T = 4, α = 0.9, teacher = the "
              "unpruned net; `--amp auto`: bf16 autocast where the device has native bf16, fp32 elsewhere — the "
-             "precision column says which the epochs ran in; \"?\": recorded before the precision was). Each starts from its policy replayed for one episode with least-squares repair "
-             "(\"repaired\") or without; \"best search\" = the search run with the highest reward-split accuracy "
+             "precision column says which the epochs ran in; \"?\": recorded before the precision was). Each starts "
+             "from its policy replayed for one episode with least-squares repair (\"repaired\") or without; \"best search\" = the search run with the highest reward-split accuracy "
              "when its first row started (pinned in `finetune/best-search.json`). Rows still running show the epochs "
              "done (they resume). Wall minutes are the epochs' wall-clock time, including any time the process was "
              "paused or shared its core (the CPU rows ran beside searches, one thread each).", "",

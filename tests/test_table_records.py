@@ -64,3 +64,11 @@ def test_a_row_whose_policy_is_not_recorded_names_how_to_run_it_again(rendered, 
     out = capsys.readouterr().out
     assert "which this machine does not have" in out and "uniform-s0.json and run" in out and '--methods "uniform"' in out
     assert not (root / "runs" / "smoke" / "finetune" / "uniform-lstsq-e1").exists()  # nothing was fine-tuned
+
+
+def test_the_late_gain_is_the_best_so_far_rise_after_an_episode():
+    curve = [0.50, 0.60, 0.60, 0.70]  # best-so-far after episodes 1..4
+    assert table._late_gain(curve, 2) == pytest.approx(0.10)
+    assert table._late_gain(curve, 3) == pytest.approx(0.10)
+    assert table._late_gain([0.5, 0.5, 0.5], 1) == 0  # frozen
+    assert table._late_gain([0.5], 1) is None  # a one-episode rule (uniform) has no second half

@@ -335,19 +335,20 @@ def _record_source(config: GridConfig, method: Method, seed: int) -> Path | None
     ratios in this machine's env of the grid. The start's weights then differ from the original machine's by
     the BN recalibration's float rounding only (another CPU kind, bf16 or not): the same ratios, the same
     channels, the same least-squares repair."""
-    record = records.read(_record_path(config, method, seed))
+    path = _record_path(config, method, seed)
+    record = records.read(path)
     if record is None or record.get("keep_ratios") is None:  # rebuilt records may lack the policy
         return None
     weights = config.env_kwargs.get("weights")
     if record.get("weights") and Path(record["weights"]).name != Path(weights or "").name:
-        raise SystemExit(f"{_record_path(config, method, seed)} was searched on {Path(record['weights']).name}, but "
+        raise SystemExit(f"{path} was searched on {Path(record['weights']).name}, but "
                          f"this machine's {config.name} grid would load {weights or 'the published checkpoint'}: set "
                          f"$AGMC_WEIGHTS_DIR to the folder holding {Path(record['weights']).name}")
     folder = RUNS / config.name / "finetune" / "from-records" / run_dir(config, method, seed).name
     folder.mkdir(parents=True, exist_ok=True)
     best = {"env_id": config.env_id, "env_kwargs": {**config.env_kwargs, **dict(method.env)},
             "keep_ratios": record["keep_ratios"], "accuracy": record["val_accuracy"],
-            "record": str(_record_path(config, method, seed))}
+            "record": str(path)}
     (folder / "best.json").write_text(json.dumps(best, indent=1))
     print(f"[{config.name}] {folder.name}'s run folder is not on this machine: its recorded policy is replayed "
           f"instead ({folder})", flush=True)
@@ -377,7 +378,8 @@ def _finetune_lines(config: GridConfig, base_test: float) -> list[str]:
              "batch 128, crop + flip, full training split; distillation: `--distill`, T = 4, α = 0.9, teacher = the "
              "unpruned net; `--amp auto`: bf16 autocast where the device has native bf16, fp32 elsewhere — the "
              "precision column says which the epochs ran in; \"?\": recorded before the precision was). Each starts "
-             "from its policy replayed for one episode with least-squares repair (\"repaired\") or without; \"best search\" = the search run with the highest reward-split accuracy "
+             "from its policy replayed for one episode with least-squares repair (\"repaired\") or without; "
+             "\"best search\" = the search run with the highest reward-split accuracy "
              "when its first row started (pinned in `finetune/best-search.json`). Rows still running show the epochs "
              "done (they resume). Wall minutes are the epochs' wall-clock time, including any time the process was "
              "paused or shared its core (the CPU rows ran beside searches, one thread each).", "",

@@ -13,7 +13,9 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
   ``gradient_steps=-1``);
 - DDPG/TD3 explore with AMC's truncated normal, σ 0.5 on [0, 1] after warm-up; ``exploration="scaled"``
   decays it so it reaches its floor (``sigma_floor``, 0.05) at 2/3 of the episodes, ``"amc"`` by ×0.95 per
-  episode (≈ 0 after ~100 episodes whatever the search length); SAC uses its own entropy bonus;
+  episode (≈ 0 after ~100 episodes whatever the search length), ``"adaptive"`` by the 1/5th success rule of
+  evolution strategies (σ shrinks while episodes fail to beat the best so far, grows while they do; never below
+  ``sigma_floor``; :func:`agents.noise.success_rule`); SAC uses its own entropy bonus;
 - credit assignment: ``credit="episode"`` (AMC's amc_search.py): at the end of an episode every one of its
   transitions is given the final reward; ``"terminal"`` keeps the env's reward (0 until the final accuracy);
 - AMC's moving-average reward baseline (``reward_baseline``): b ← b + 0.5·(mean rewarded value of the batch − b),
@@ -52,7 +54,7 @@ from agents.noise import SCALED_FLOOR, AMCNoise, TruncatedNormalExploration, che
 
 CREDITS = ("terminal", "episode")
 SELF_IMITATION = 10.0  # DDPG's default λ, chosen on ResNet-20's reward split
-EXPLORATIONS = ("amc", "scaled")
+EXPLORATIONS = ("amc", "scaled", "adaptive")
 
 
 class Demonstration(NamedTuple):
@@ -123,9 +125,11 @@ class TD3Update:
     step for step, the same draws and arithmetic, but the target networks' Polyak averaging is two foreach ops
     over all their tensors instead of SB3's two ops per tensor (0.42 → 0.06 ms per gradient step on a CPU core
     for the graph agents' 20 tensors; tests/test_update_equivalence.py checks the parameters bit for bit).
-    ``self_imitation`` (saved with the agent) adds the Q-filtered imitation term to the actor loss."""
+    ``self_imitation`` (saved with the agent) adds the Q-filtered imitation term to the actor loss;
+    ``imitation_filter=False`` drops the filter (imitate at every step of the best episodes)."""
 
     self_imitation: float = 0.0
+    imitation_filter: bool = True  # class default: agents saved before the option existed filtered
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         self.policy.set_training_mode(True)
@@ -167,8 +171,9 @@ class TD3Update:
 
     def _actor_loss(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """−Q(s, π(s)) over the batch, plus λ × the Q-filtered behaviour cloning towards the best episode so far
-        (none before there is one). The batch and the best episode's states go through the actor, and through
-        the critic's features, as one batch: one encoder pass each instead of two, the same values."""
+        (none before there is one; without ``imitation_filter`` at every step of it). The batch and the best
+        episode's states go through the actor, and through the critic's features, as one batch: one encoder pass
+        each instead of two, the same values."""
         elite = self.replay_buffer.elite() if self.self_imitation else None
         if elite is None:
             return -self.critic.q1_forward(obs, self.actor(obs)).mean()
@@ -179,7 +184,8 @@ class TD3Update:
         with torch.no_grad():
             features = self.critic.extract_features(both, self.critic.features_extractor)
             q1 = self.critic.q_networks[0]
-            better = q1(torch.cat([features[:B], elite.actions], dim=1)) > q1(torch.cat([features[:B], mine], dim=1))
+            better = q1(torch.cat([features[:B], elite.actions], dim=1)) > q1(torch.cat([features[:B], mine], dim=1)) \
+                if self.imitation_filter else 1.0
         q = _input_grad_only(q1, torch.cat([features[B:], own], dim=1))
         return -q.mean() + self.self_imitation * (better * (mine - elite.actions) ** 2).sum(dim=1).mean()
 
@@ -391,6 +397,11 @@ class AMCReplayBuffer(DictReplayBuffer):
             data.rewards.sub_(self.baseline * rewarded.float())
         return self._scaled(data)
 
+    @property
+    def finals(self) -> list[float]:
+        """The final reward of every episode stored so far (overwritten ones included), in order."""
+        return self._finals
+
     def elite(self) -> Demonstration | None:
         """The observations and actions of the best ``elites`` episodes so far, best first, or None while there is
         none: the ones gathered with the last sample when ``imitate`` is set, else gathered now. An episode the
@@ -446,7 +457,7 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
                reward_baseline: bool = True, credit: str = "episode", exploration: str = "scaled",
                learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, updates_per_step: int = 1,
                reward_scale: bool = False, self_imitation: float | None = None, imitation_elites: int = 1,
-               applied_actions: bool = False, gamma: float = 1.0,
+               applied_actions: bool = False, gamma: float = 1.0, imitation_filter: bool = True,
                sigma_floor: float = SCALED_FLOOR / 2, batch_size: int = 64,
                extractor_kwargs: dict | None = None, tensorboard_log: str | None = None,
                device: str = "auto", verbose: int = 0) -> OffPolicyAlgorithm:
@@ -471,7 +482,8 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
         check_sigma_floor(sigma_floor)
         floor = 0.0 if exploration == "amc" else 2 * sigma_floor  # SB3's action units span [-1, 1]
         decay = 0.95 if exploration == "amc" else scaled_decay(episodes - warmup, floor=floor)
-        options["action_noise"] = AMCNoise(sigma=1.0, decay=decay, warmup_episodes=warmup, seed=seed, floor=floor)
+        options["action_noise"] = AMCNoise(sigma=1.0, decay=decay, warmup_episodes=warmup, seed=seed, floor=floor,
+                                           adaptive=exploration == "adaptive", dims=decisions)
     model = cls(AMCSACPolicy if algo == "sac" else AMCTD3Policy, env, **options)
     if not (isinstance(updates_per_step, int) and updates_per_step >= 1):
         raise ValueError(f"updates_per_step={updates_per_step!r} must be an int ≥ 1 (gradient steps per transition)")
@@ -481,5 +493,5 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
                          "SB3's own)")
     model.actor_lr, model.updates_per_step, model.applied_actions = actor_lr, updates_per_step, applied_actions
     if algo != "sac":
-        model.self_imitation = float(self_imitation)
+        model.self_imitation, model.imitation_filter = float(self_imitation), bool(imitation_filter)
     return model

@@ -116,13 +116,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--credit", choices=CREDITS, default="episode", help="episode (default, AMC's code): every "
                    "transition of an episode gets its final reward; terminal: the env's reward, 0 until the last step")
     s.add_argument("--exploration", choices=EXPLORATIONS, default="scaled", help="DDPG/TD3 σ schedule: scaled "
-                   "(default; σ reaches its floor at 2/3 of --episodes) or amc (×0.95 per episode)")
+                   "(default; σ reaches its floor at 2/3 of --episodes), amc (×0.95 per episode) or adaptive (the 1/5th "
+                   "success rule of evolution strategies: σ shrinks while episodes fail to beat the best so far)")
     s.add_argument("--actor-lr", type=_kind("positive number"), default=1e-4,
                    help="actor learning rate (default 1e-4, AMC's; the critic's is 1e-3)")
     s.add_argument("--updates-per-step", type=_kind("positive int"), default=1,
                    help="gradient steps per collected transition (default 1, AMC's)")
     s.add_argument("--sigma-floor", type=_kind("positive number"), default=0.05,
-                   help="DDPG/TD3 with --exploration scaled: σ's floor on [0, 1] (default 0.05)")
+                   help="DDPG/TD3 with --exploration scaled or adaptive: σ's floor on [0, 1] (default 0.05)")
     s.add_argument("--reward-scale", action=argparse.BooleanOptionalAction, default=False,
                    help="divide rewards (after the baseline) by the warm-up episodes' reward std (default off)")
     s.add_argument("--self-imitation", type=_kind("number ≥ 0"), default=None, metavar="WEIGHT",
@@ -132,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--imitation-elites", type=_kind("positive int"), default=1, metavar="K",
                    help="DDPG/TD3 self-imitation: pull towards the best K episodes so far, not only the best "
                    "(default 1)")
+    s.add_argument("--imitation-filter", action=argparse.BooleanOptionalAction, default=True,
+                   help="DDPG/TD3 self-imitation: imitate only where the critic rates the best episode's actions "
+                   "above the actor's (the Q-filter; default on); --no-imitation-filter imitates at every step")
     s.add_argument("--gamma", type=_kind("unit interval"), default=1.0,
                    help="RL discount (default 1, AMC's: with --credit episode every step's target adds the next "
                    "step's value to the final reward; 0: each step's critic regresses the final reward alone)")
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                                       args.reward_baseline, _env_kwargs(args), args.credit, args.exploration,
                                       args.actor_lr, args.updates_per_step, args.sigma_floor, args.reward_scale,
                                       args.self_imitation, args.applied_actions, args.imitation_elites,
-                                      args.gamma)
+                                      args.gamma, args.imitation_filter)
                 best = run_search(config, args.out, force=args.force, progress=not args.no_progress)
             print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
         elif args.command == "evaluate":

@@ -6,7 +6,8 @@
   graph embedding, are unrolled by an LSTM over the decision sequence and the output at the current
   decision is the state. The whole sequence is recomputed per call, so the extractor stays stateless
   from SB3's point of view, and both actor and critic losses train encoder and decoder end to end.
-  With ``budget=True`` (``--embedding gnn-budget``) the budget state of AMC's features is appended.
+  With ``budget=True`` (``--embedding gnn-budget``) the budget state of AMC's features is appended; with
+  ``position=True`` (``--embedding gnn-pos``) the current decision's position in the sequence.
 - :class:`LayerFeatureExtractor` — AMC's 11 hand-made features (the ``"layer"`` key): the baseline.
 
 A batch of B observations becomes one disjoint-union graph (node offsets b·N), so there is no Python
@@ -347,10 +348,13 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
     :param decoder: ``"none"`` or ``"lstm"`` (the paper's decoder over the decision sequence).
     :param budget: append the budget state AMC's features carry (MACs removed so far, MACs of the decisions still
         to come, the previous keep ratio; the ``"layer"`` key's :data:`BUDGET_FEATURES`) to the graph embedding.
+    :param position: append the current decision's position t / T (AMC's first layer feature). The blocks of a
+        ResNet stage have the same neighbourhood, so a few graph layers give their decisions nearly the same
+        embedding; without the position a GNN+DDPG actor's keep ratio came out constant per stage.
     """
 
     def __init__(self, observation_space: gym.spaces.Dict, conv: str = "gcn", hidden: int = 64, layers: int = 2,
-                 decoder: str = "none", budget: bool = False) -> None:
+                 decoder: str = "none", budget: bool = False, position: bool = False) -> None:
         if conv not in CONV_LAYERS:
             raise ValueError(f"unknown graph layer {conv!r}; choose one of {sorted(CONV_LAYERS)}")
         if decoder not in DECODERS:
@@ -358,8 +362,9 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         if not (isinstance(layers, int) and layers >= 1):
             raise ValueError(f"layers={layers!r} must be an int ≥ 1 (graph layers in the encoder)")
         super().__init__(observation_space, features_dim=(3 if decoder == "lstm" else 2) * hidden
-                         + (len(BUDGET_FEATURES) if budget else 0))
+                         + (len(BUDGET_FEATURES) if budget else 0) + int(position))
         self.budget = torch.tensor([LAYER_FEATURES.index(f) for f in BUDGET_FEATURES]) if budget else None
+        self.positions = float(observation_space["decision_index"].high.max()) if position else None
         in_dim = observation_space["x"].shape[1]
         self.convs = nn.ModuleList(CONV_LAYERS[conv](in_dim if i == 0 else hidden, hidden) for i in range(layers))
         self.act = nn.ReLU()
@@ -417,10 +422,12 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
         return h.view(B, N, -1) * obs["node_mask"].unsqueeze(-1)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        embedding = self._embed(obs)
-        if self.budget is None:
-            return embedding
-        return torch.cat([embedding, obs["layer"][:, self.budget.to(embedding.device)]], 1)
+        parts = [self._embed(obs)]
+        if self.budget is not None:
+            parts.append(obs["layer"][:, self.budget.to(parts[0].device)])
+        if self.positions is not None:
+            parts.append(obs["decision_index"].to(parts[0].dtype).view(-1, 1) / self.positions)
+        return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
     def _embed(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         topo = self._shared_topology(obs) if self.fast else None
@@ -458,5 +465,6 @@ EMBEDDINGS: dict[str, tuple[type[BaseFeaturesExtractor], dict]] = {
     "gnn": (GraphEncoderExtractor, {}),
     "gnn-lstm": (GraphEncoderExtractor, {"decoder": "lstm"}),
     "gnn-budget": (GraphEncoderExtractor, {"budget": True}),
+    "gnn-pos": (GraphEncoderExtractor, {"position": True}),
     "amc": (LayerFeatureExtractor, {}),
 }

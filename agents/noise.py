@@ -1,4 +1,5 @@
-"""AMC's exploration: a truncated normal around the actor's output, σ decaying per episode after warm-up.
+"""AMC's exploration: a truncated normal around the actor's output, σ decaying per episode after warm-up
+(or, with ``adaptive``, set by the search's own success rate).
 
 SB3's ``ActionNoise`` is additive and never sees the actor output, and clipping an additive sample piles
 probability mass on the bounds. :class:`AMCNoise` therefore carries the schedule (σ, decay, episode
@@ -6,6 +7,9 @@ count, its own RNG) and :class:`TruncatedNormalExploration` — mixed into DDPG/
 truncated normal centred on the actor output inside SB3's [-1, 1] action scaling.
 """
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import numpy as np
 from stable_baselines3.common.noise import ActionNoise
@@ -26,25 +30,48 @@ def scaled_decay(episodes: int, sigma: float = 1.0, floor: float = SCALED_FLOOR,
     return (floor / sigma) ** (1.0 / max(1.0, at * episodes))
 
 
+def success_rule(finals: Sequence[float], warmup: int, dims: int) -> float:
+    """log(σ / σ0) after the episodes whose final rewards are ``finals``, by the 1/5th success rule of the
+    (1+1)-evolution strategy (Rechenberg; in the form of Kern et al. 2004): after ``warmup`` episodes, one that beats
+    every earlier episode multiplies σ by exp(1/d), any other by exp(−1/(4d)), d = 1 + dims/2 (``dims``: actions per
+    episode). σ then holds where one episode in five improves on the best, shrinks as the search closes in on an
+    optimum and grows back while it keeps improving; it never exceeds σ0."""
+    d = 1.0 + dims / 2
+    log, best = 0.0, max(finals[:warmup], default=-math.inf)
+    for final in finals[warmup:]:
+        log = min(0.0, log + (1.0 / d if final > best else -0.25 / d))
+        best = max(best, final)
+    return log
+
+
 class AMCNoise(ActionNoise):
     """σ = ``sigma`` at the end of warm-up, × ``decay`` per later episode, never below ``floor``.
 
     ``sigma`` is in SB3's scaled action units ([-1, 1]): AMC's σ = 0.5 on [0, 1] is 1.0 here. The episode
     count comes from the algorithm (``_episode_num``, saved with it) rather than from counting
     :meth:`reset` calls, which SB3 also makes at every ``learn()`` start and would skew a resumed run.
+
+    ``adaptive=True`` replaces the decay by :func:`success_rule` over ``finals`` (the final rewards of the episodes
+    so far, also set by the algorithm from its replay buffer, which is saved with it): a function of the search's
+    history, so a resumed run draws the same σ.
     """
 
-    floor = 0.0  # class default: agents saved before the floor existed unpickle without it
+    floor = 0.0  # class defaults: agents saved before these existed unpickle without them
+    adaptive, dims = False, 1
 
     def __init__(self, sigma: float = 1.0, decay: float = 0.95, warmup_episodes: int = 0, seed: int | None = None,
-                 floor: float = 0.0):
+                 floor: float = 0.0, adaptive: bool = False, dims: int = 1):
         super().__init__()
         self.sigma0, self.decay, self.warmup_episodes, self.floor = sigma, decay, warmup_episodes, floor
+        self.adaptive, self.dims = adaptive, dims
         self.episodes = 0  # set by the algorithm before each sample
+        self.finals: Sequence[float] = ()  # likewise, with adaptive
         self.rng = np.random.default_rng(seed)
 
     @property
     def sigma(self) -> float:
+        if self.adaptive:
+            return max(self.floor, self.sigma0 * math.exp(success_rule(self.finals, self.warmup_episodes, self.dims)))
         return max(self.floor, self.sigma0 * self.decay ** max(0, self.episodes - self.warmup_episodes))
 
     def sample_around(self, mean: np.ndarray) -> np.ndarray:
@@ -73,7 +100,8 @@ class AMCNoise(ActionNoise):
         self.rng.bit_generator.state = state["rng"]
 
     def __repr__(self) -> str:
-        return f"AMCNoise(sigma={self.sigma:.4f}, decay={self.decay}, episodes={self.episodes})"
+        schedule = "adaptive" if self.adaptive else f"decay={self.decay}"
+        return f"AMCNoise(sigma={self.sigma:.4f}, {schedule}, episodes={self.episodes})"
 
 
 class TruncatedNormalExploration:
@@ -84,5 +112,6 @@ class TruncatedNormalExploration:
             return super()._sample_action(learning_starts, action_noise, n_envs)
         mean, _ = self.predict(self._last_obs, deterministic=True)
         action_noise.episodes = self._episode_num
+        action_noise.finals = getattr(self.replay_buffer, "finals", ())
         scaled = action_noise.sample_around(self.policy.scale_action(mean))
         return self.policy.unscale_action(scaled), scaled

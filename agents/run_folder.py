@@ -40,7 +40,7 @@ class RunError(RuntimeError):
 # What a run recorded before these fields existed had: terminal reward, AMC's σ decay, one learning rate.
 LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1,
           "sigma_floor": 0.05, "reward_scale": False, "self_imitation": 0.0,
-          "applied_actions": False, "imitation_elites": 1, "gamma": 1.0}
+          "applied_actions": False, "imitation_elites": 1, "gamma": 1.0, "imitation_filter": True}
 
 
 @dataclass
@@ -55,16 +55,18 @@ class SearchConfig:
     reward_baseline: bool = True  # subtract AMC's moving-average reward baseline
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     credit: str = "episode"  # "episode" (AMC: every transition gets the final reward) or "terminal" (the env's)
-    exploration: str = "scaled"  # DDPG/TD3: "scaled" (σ floor at 2/3 of the episodes) or "amc" (σ × 0.95 per episode)
+    exploration: str = "scaled"  # DDPG/TD3: "scaled" (σ floor at 2/3 of the episodes), "amc" (σ × 0.95 per episode)
+    # or "adaptive" (the 1/5th success rule)
     actor_lr: float | None = 1e-4  # RL: the actor's learning rate (None: the critic's, 1e-3)
     updates_per_step: int = 1  # RL: gradient steps per collected transition
-    sigma_floor: float = 0.05  # DDPG/TD3 with exploration="scaled": σ's floor on [0, 1]
+    sigma_floor: float = 0.05  # DDPG/TD3 with exploration="scaled" or "adaptive": σ's floor on [0, 1]
     reward_scale: bool = False  # RL: divide rewards by the warm-up episodes' reward std
     # DDPG/TD3: weight of the Q-filtered pull towards the best episode's actions (None: DDPG 10, TD3/SAC 0)
     self_imitation: float | None = None
     applied_actions: bool = False  # RL: store the action the env applied (after rounding and the wall)
     imitation_elites: int = 1  # DDPG/TD3 self-imitation: how many best episodes the actor is pulled towards
     gamma: float = 1.0  # RL: discount (AMC's 1; 0 with credit="episode": each step's critic regresses the final reward)
+    imitation_filter: bool = True  # DDPG/TD3 self-imitation: only where the critic rates the best's actions higher
 
     def __post_init__(self) -> None:
         if self.self_imitation is None:  # resolved here: the run folder records the value the run used
@@ -82,6 +84,9 @@ class SearchConfig:
         if self.imitation_elites != 1 and not self.self_imitation:
             raise ValueError(f"imitation_elites={self.imitation_elites} has no effect without self-imitation: "
                              "give a self_imitation weight > 0 (DDPG's default) or leave imitation_elites at 1")
+        if not self.imitation_filter and not self.self_imitation:
+            raise ValueError("imitation_filter=False has no effect without self-imitation: give a self_imitation "
+                             "weight > 0 (DDPG's default) or leave imitation_filter on")
 
     def identity(self) -> dict[str, Any]:
         """What must match for a folder's run to be resumed (the episode count may be extended)."""

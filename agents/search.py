@@ -179,6 +179,7 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
                            updates_per_step=config.updates_per_step, sigma_floor=config.sigma_floor,
                            reward_scale=config.reward_scale, self_imitation=config.self_imitation,
                            imitation_elites=config.imitation_elites, applied_actions=config.applied_actions,
+                           imitation_filter=config.imitation_filter,
                            gamma=config.gamma, device=device)
         remaining = config.episodes * T
     model.set_logger(configure(str(folder.path(TENSORBOARD)), ["tensorboard"] if _has_tensorboard() else ["csv"]))

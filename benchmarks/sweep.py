@@ -116,6 +116,8 @@ def write(sweep: Sweep, rows: list[dict[str, Any]], results: Path, argv: list[st
     """``sweep_<config>.csv`` and ``.md``, best first, with the command and the machine."""
     import torch
 
+    from agents.algorithms import EXPLORATIONS
+
     results.mkdir(parents=True, exist_ok=True)
     stem = results / f"sweep_{sweep.grid_config.name}"
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
@@ -128,7 +130,7 @@ def write(sweep: Sweep, rows: list[dict[str, Any]], results: Path, argv: list[st
              f"Command: `python -m benchmarks.sweep {' '.join(argv)}`, {datetime.datetime.now():%Y-%m-%dT%H:%M:%S}  ",
              f"Machine: {cpu_name()} ({cpu_capability()}, {os.cpu_count()} cores) driving Ray, "
              f"torch {torch.__version__}  ",
-             f"Protocol: samples drawn at random (sampler seed {sweep.seed}) — exploration ∈ {{amc, scaled}}, actor lr "
+             f"Protocol: samples drawn at random (sampler seed {sweep.seed}) — exploration ∈ {{{', '.join(EXPLORATIONS)}}}, actor lr "
              f"log-uniform in [{ACTOR_LR[0]:g}, {ACTOR_LR[1]:g}], warm-up ∈ {WARMUP_FRACTIONS} × episodes, credit ∈ "
              "{episode, terminal}, reward baseline on/off; each a "
              f"{sweep.episodes}-episode search (seed {sweep.seed}) scored by its best episode's reward-split "

@@ -12,7 +12,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
 from agents.algorithms import AMCReplayBuffer, make_agent
-from agents.noise import SCALED_FLOOR, AMCNoise, scaled_decay
+from agents.noise import SCALED_FLOOR, AMCNoise, scaled_decay, success_rule
 from agents.run_folder import SearchConfig
 from agents.search import run_search
 from agmc_env.testing import tiny_env
@@ -95,6 +95,34 @@ def test_sigma_floor_is_on_the_unit_interval_and_reached_at_two_thirds():
     assert noise.sigma > 0.3
     with pytest.raises(ValueError, match="sigma_floor"):
         make_agent("ddpg", DummyVecEnv([lambda: env]), embedding="amc", sigma_floor=0.0)
+
+
+def test_success_rule_shrinks_sigma_on_failures_and_grows_it_back_on_successes():
+    d = 1 + 8 / 2
+    warmup = [0.5, 0.7, 0.6]
+    assert success_rule(warmup, 3, 8) == 0.0  # warm-up episodes never move σ
+    fails = warmup + [0.7] * 10  # ties with the best are failures
+    assert success_rule(fails, 3, 8) == pytest.approx(-10 / (4 * d))
+    assert success_rule(fails + [0.71], 3, 8) == pytest.approx(-10 / (4 * d) + 1 / d)
+    assert success_rule(warmup + [0.8, 0.9, 1.0], 3, 8) == 0.0  # never above σ0
+    five = warmup + [r for k in range(4) for r in (0.1, 0.2, 0.3, 0.4, 0.8 + k / 100)]  # one in five beats the best
+    assert success_rule(five, 3, 8) == pytest.approx(0.0, abs=1e-12)  # so σ holds
+    assert success_rule(five[:-1], 3, 8) == pytest.approx(-1 / d)
+
+
+def test_adaptive_exploration_follows_the_searchs_rewards_above_its_floor():
+    env = tiny_env()
+    model = make_agent("ddpg", DummyVecEnv([lambda: env]), embedding="amc", episodes=100, warmup=2,
+                       exploration="adaptive", sigma_floor=0.05)
+    noise = model.action_noise
+    assert noise.adaptive and noise.dims == env.num_decisions and noise.sigma == 1.0
+    noise.finals = [0.5, 0.6] + [0.1] * 5
+    assert 0.1 < noise.sigma < 1 and noise.sigma == pytest.approx(np.exp(success_rule(noise.finals, 2, env.num_decisions)))
+    noise.finals = [0.5, 0.6] + [0.1] * 1000
+    assert noise.sigma == pytest.approx(0.1)  # the floor, in SB3 units
+    model.set_logger(configure(None, []))
+    model.learn(total_timesteps=4 * env.num_decisions)  # the algorithm hands the buffer's finals to the noise
+    assert noise.finals is model.replay_buffer.finals and len(noise.finals) == 4
 
 
 def test_adam_is_fused_and_steps_as_the_per_tensor_loop():

@@ -59,7 +59,7 @@ def test_layer_extractor_is_amc_state():
 
 
 def test_registry_and_bad_options():
-    assert set(EMBEDDINGS) == {"gnn", "gnn-lstm", "gnn-budget", "amc"}
+    assert set(EMBEDDINGS) == {"gnn", "gnn-lstm", "gnn-budget", "gnn-pos", "amc"}
     with pytest.raises(ValueError, match="unknown graph layer 'gin'"):
         GraphEncoderExtractor(ENV.observation_space, conv="gin")
     with pytest.raises(ValueError, match="unknown decoder"):
@@ -238,3 +238,18 @@ def test_the_budget_state_is_appended_to_the_graph_embedding():
     columns = [LAYER_FEATURES.index(f) for f in BUDGET_FEATURES]
     assert torch.equal(out[:, plain.features_dim:], obs["layer"][:, columns])
     assert EMBEDDINGS["gnn-budget"] == (GraphEncoderExtractor, {"budget": True})
+
+
+def test_the_decision_position_is_appended_to_the_graph_embedding():
+    torch.manual_seed(0)
+    plain = GraphEncoderExtractor(ENV.observation_space)
+    placed = GraphEncoderExtractor(ENV.observation_space, position=True)
+    placed.load_state_dict(plain.state_dict())  # the same parameters: the position adds none
+    first, high, low = _two_states()
+    obs = _batch(high, low, first)
+    out = placed(obs)
+    assert placed.features_dim == plain.features_dim + 1 == out.shape[1]
+    assert torch.equal(out[:, :plain.features_dim], plain(obs))
+    T = ENV.num_decisions
+    torch.testing.assert_close(out[:, -1], obs["decision_index"].float().view(-1) / T)
+    assert EMBEDDINGS["gnn-pos"] == (GraphEncoderExtractor, {"position": True})

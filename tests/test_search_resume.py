@@ -30,7 +30,8 @@ LEGACY_SETTINGS = {"credit": "terminal", "exploration": "amc", "actor_lr": None}
 @pytest.mark.parametrize("algo, embedding, baseline, extra", [
     ("ddpg", "gnn", False, {}), ("td3", "amc", True, {}), ("sac", "gnn-lstm", False, {}),
     ("ddpg", "amc", False, LEGACY_SETTINGS), ("ddpg", "gnn", True, {"reward_scale": True}),
-    ("td3", "gnn", True, {"self_imitation": 1.0}), ("ddpg", "gnn", True, {"applied_actions": True})])
+    ("td3", "gnn", True, {"self_imitation": 1.0}), ("ddpg", "gnn", True, {"applied_actions": True}),
+    ("ddpg", "amc", True, {"exploration": "adaptive"})])
 def test_interrupted_search_resumes_exactly(tmp_path, killed_after, algo, embedding, baseline, extra):
     config = _config(algo, embedding, baseline, **extra)
     run_search(config, tmp_path / "full", progress=False)

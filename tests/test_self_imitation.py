@@ -90,6 +90,20 @@ def test_the_imitation_loss_is_q_filtered_behaviour_cloning(embedding):
     model.train(gradient_steps=3, batch_size=4)  # runs inside the actor loss
 
 
+def test_without_the_filter_every_step_of_the_best_episode_is_imitated():
+    torch.manual_seed(0)
+    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc", self_imitation=2.0, warmup=1,
+                       imitation_filter=False)
+    env = tiny_env()
+    T = env.num_decisions
+    _episode(model.replay_buffer, env, T, 0.9, 0.5)
+    batch = model.replay_buffer.sample(4).observations
+    elite = model.replay_buffer.elite()
+    plain = -model.critic.q1_forward(batch, model.actor(batch)).mean()
+    expected = plain + 2.0 * ((model.actor(elite.observations) - 0.5) ** 2).sum(1).mean()
+    torch.testing.assert_close(model._actor_loss(batch), expected)
+
+
 def test_the_best_episode_is_gathered_with_the_batch_and_unrolled_with_it():
     torch.manual_seed(0)
     model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="gnn", self_imitation=2.0, warmup=1)
@@ -153,6 +167,8 @@ def test_the_default_is_ten_for_ddpg_only():
 def test_self_imitation_is_refused_where_it_has_no_meaning():
     with pytest.raises(ValueError, match="imitation_elites"):
         SearchConfig("AGMCTest-Tiny-v0", algo="td3", imitation_elites=3)
+    with pytest.raises(ValueError, match="imitation_filter"):
+        SearchConfig("AGMCTest-Tiny-v0", algo="td3", imitation_filter=False)
     with pytest.raises(ValueError, match="SAC"):
         SearchConfig("AGMCTest-Tiny-v0", algo="sac", self_imitation=1.0)
     with pytest.raises(ValueError, match="self_imitation"):

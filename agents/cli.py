@@ -133,9 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--imitation-elites", type=_kind("positive int"), default=1, metavar="K",
                    help="DDPG/TD3 self-imitation: pull towards the best K episodes so far, not only the best "
                    "(default 1)")
-    s.add_argument("--imitation-filter", action=argparse.BooleanOptionalAction, default=True,
+    s.add_argument("--imitation-filter", action=argparse.BooleanOptionalAction, default=None,
                    help="DDPG/TD3 self-imitation: imitate only where the critic rates the best episode's actions "
-                   "above the actor's (the Q-filter; default on); --no-imitation-filter imitates at every step")
+                   "above the actor's (the Q-filter of Nair et al.); default off: every step of the best episode, "
+                   "chosen on the reward split of ResNet-20 and ResNet-56")
     s.add_argument("--gamma", type=_kind("unit interval"), default=1.0,
                    help="RL discount (default 1, AMC's: with --credit episode every step's target adds the next "
                    "step's value to the final reward; 0: each step's critic regresses the final reward alone)")

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from agents.algorithms import default_self_imitation
+from agents.algorithms import IMITATION_FILTER, default_self_imitation
 from agents.noise import check_sigma_floor
 from agmc_env.options import KINDS
 
@@ -40,7 +40,8 @@ class RunError(RuntimeError):
 # What a run recorded before these fields existed had: terminal reward, AMC's σ decay, one learning rate.
 LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1,
           "sigma_floor": 0.05, "reward_scale": False, "self_imitation": 0.0,
-          "applied_actions": False, "imitation_elites": 1, "gamma": 1.0, "imitation_filter": True}
+          "applied_actions": False, "imitation_elites": 1, "gamma": 1.0}
+# imitation_filter, for a run recorded before it existed: on (Q-filtered) with self-imitation, else None (no meaning).
 
 
 @dataclass
@@ -66,11 +67,15 @@ class SearchConfig:
     applied_actions: bool = False  # RL: store the action the env applied (after rounding and the wall)
     imitation_elites: int = 1  # DDPG/TD3 self-imitation: how many best episodes the actor is pulled towards
     gamma: float = 1.0  # RL: discount (AMC's 1; 0 with credit="episode": each step's critic regresses the final reward)
-    imitation_filter: bool = True  # DDPG/TD3 self-imitation: only where the critic rates the best's actions higher
+    # DDPG/TD3 self-imitation: only where the critic rates the best's actions higher (None: IMITATION_FILTER with
+    # self-imitation, and stays None without it)
+    imitation_filter: bool | None = None
 
     def __post_init__(self) -> None:
         if self.self_imitation is None:  # resolved here: the run folder records the value the run used
             self.self_imitation = default_self_imitation(self.algo)
+        if self.imitation_filter is None and self.self_imitation:
+            self.imitation_filter = IMITATION_FILTER
         # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.
         for name, kind in (("episodes", "positive int"), ("warmup", "count"), ("seed", "int"),
                            ("updates_per_step", "positive int"), ("self_imitation", "number ≥ 0"),
@@ -84,9 +89,9 @@ class SearchConfig:
         if self.imitation_elites != 1 and not self.self_imitation:
             raise ValueError(f"imitation_elites={self.imitation_elites} has no effect without self-imitation: "
                              "give a self_imitation weight > 0 (DDPG's default) or leave imitation_elites at 1")
-        if not self.imitation_filter and not self.self_imitation:
-            raise ValueError("imitation_filter=False has no effect without self-imitation: give a self_imitation "
-                             "weight > 0 (DDPG's default) or leave imitation_filter on")
+        if self.imitation_filter is not None and not self.self_imitation:
+            raise ValueError(f"imitation_filter={self.imitation_filter} has no effect without self-imitation: give a "
+                             "self_imitation weight > 0 (DDPG's default) or leave imitation_filter unset")
 
     def identity(self) -> dict[str, Any]:
         """What must match for a folder's run to be resumed (the episode count may be extended)."""
@@ -97,7 +102,8 @@ class SearchConfig:
     def same_run(self, identity: dict[str, Any]) -> bool:
         """Whether a folder's recorded identity is this run's; fields added since it was written count as the
         values runs had before them, so older run folders still resume as what they were."""
-        return {**LEGACY, **identity} == json.loads(json.dumps(self.identity()))
+        legacy = {**LEGACY, "imitation_filter": True if identity.get("self_imitation", LEGACY["self_imitation"]) else None}
+        return {**legacy, **identity} == json.loads(json.dumps(self.identity()))
 
 
 def atomic_write(path: Path, data: bytes) -> None:

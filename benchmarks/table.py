@@ -63,6 +63,8 @@ METHODS = [
     Method("gnn+sac", "search", "sac", "gnn"),
     # ablation: self-imitation taken back (the default before it)
     Method("gnn+ddpg (no self-imitation)", "search", "ddpg", "gnn", search=NO_SIL),
+    # ablation: self-imitation with its Q-filter (the default before the unfiltered pull)
+    Method("gnn+ddpg (Q-filtered self-imitation)", "search", "ddpg", "gnn", search=(("imitation_filter", True),)),
     # ablation: the RL settings before AMC's code became the default (terminal reward, σ × 0.95, one rate)
     Method("gnn+ddpg (AGMC settings)", "search", "ddpg", "gnn", search=AGMC_SETTINGS + NO_SIL),
     # ablations: one of the defaults taken back at a time, from "no self-imitation"
@@ -532,7 +534,9 @@ def render(config: GridConfig, argv: list[str]) -> None:
               "reward-split accuracy is within 0.5 pt of the run's final best; \"gain after episode "
               f"{config.episodes // 2}\": how much the best-so-far rose in the second half of the search (0: the "
               "search found nothing better in its last half). "
-              f"Self-imitation (λ = {SELF_IMITATION:g}, `--self-imitation`) is DDPG's default (TD3 and "
+              f"Self-imitation (λ = {SELF_IMITATION:g}, `--self-imitation`, at every step of the best episode; "
+              "`--imitation-filter` restricts it to the steps where the critic rates the best's action higher) is "
+              "DDPG's default (TD3 and "
               f"SAC run without it); these DDPG rows ran without it (λ = 0), and the ablations are measured against \"gnn+ddpg (no "
               f"self-imitation)\": {', '.join(no_sil)}."]
     lines += _finetune_lines(config, base["test_accuracy"])

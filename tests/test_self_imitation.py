@@ -1,5 +1,6 @@
-"""Self-imitation: the replay buffer keeps the best episode's transitions, and the actor loss's Q-filtered pull
-towards them is λ·‖π(s) − a‖² exactly where the critic rates the episode's action above the actor's."""
+"""Self-imitation: the replay buffer keeps the best episode's transitions, and the actor loss's pull towards them is
+λ·‖π(s) − a‖² at every step of the episode (the default), or with the Q-filter exactly where the critic rates the
+episode's action above the actor's."""
 from __future__ import annotations
 
 import numpy as np
@@ -71,7 +72,8 @@ def test_a_buffer_pickled_before_elites_existed_loads_as_one_elite():
 @pytest.mark.parametrize("embedding", ["amc", "gnn"])
 def test_the_imitation_loss_is_q_filtered_behaviour_cloning(embedding):
     torch.manual_seed(0)
-    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding=embedding, self_imitation=2.0, warmup=1)
+    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding=embedding, self_imitation=2.0, warmup=1,
+                       imitation_filter=True)
     env = tiny_env()
     T = env.num_decisions
     _episode(model.replay_buffer, env, T, 0.1, -0.5)
@@ -92,8 +94,8 @@ def test_the_imitation_loss_is_q_filtered_behaviour_cloning(embedding):
 
 def test_without_the_filter_every_step_of_the_best_episode_is_imitated():
     torch.manual_seed(0)
-    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc", self_imitation=2.0, warmup=1,
-                       imitation_filter=False)
+    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc", self_imitation=2.0, warmup=1)
+    assert model.imitation_filter is False  # the default
     env = tiny_env()
     T = env.num_decisions
     _episode(model.replay_buffer, env, T, 0.9, 0.5)
@@ -162,6 +164,15 @@ def test_the_default_is_ten_for_ddpg_only():
     assert make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc").self_imitation == 10.0
     assert make_agent("td3", DummyVecEnv([tiny_env]), embedding="amc").self_imitation == 0.0
     assert not hasattr(make_agent("sac", DummyVecEnv([tiny_env]), embedding="amc"), "self_imitation")
+
+
+def test_runs_recorded_before_the_filter_option_resume_as_what_they_were():
+    default, filtered = SearchConfig("AGMCTest-Tiny-v0"), SearchConfig("AGMCTest-Tiny-v0", imitation_filter=True)
+    assert default.imitation_filter is False and SearchConfig("AGMCTest-Tiny-v0", algo="td3").imitation_filter is None
+    before = {k: v for k, v in filtered.identity().items() if k != "imitation_filter"}  # a DDPG run: Q-filtered
+    assert filtered.same_run(before) and not default.same_run(before)
+    td3 = SearchConfig("AGMCTest-Tiny-v0", algo="td3")  # no self-imitation: nothing to filter
+    assert td3.same_run({k: v for k, v in td3.identity().items() if k != "imitation_filter"})
 
 
 def test_self_imitation_is_refused_where_it_has_no_meaning():

@@ -131,8 +131,8 @@ class TD3Update:
     step for step, the same draws and arithmetic, but the target networks' Polyak averaging is two foreach ops
     over all their tensors instead of SB3's two ops per tensor (0.42 → 0.06 ms per gradient step on a CPU core
     for the graph agents' 20 tensors; tests/test_update_equivalence.py checks the parameters bit for bit).
-    ``self_imitation`` (saved with the agent) adds the Q-filtered imitation term to the actor loss;
-    ``imitation_filter=False`` drops the filter (imitate at every step of the best episodes)."""
+    ``self_imitation`` (saved with the agent) adds the imitation term to the actor loss, at every step of the best
+    episodes or, with ``imitation_filter``, only where the critic rates their actions higher (the Q-filter)."""
 
     self_imitation: float = 0.0
     imitation_filter: bool = True  # class default: agents saved before the option existed filtered
@@ -176,8 +176,8 @@ class TD3Update:
         self.logger.record("train/critic_loss", np.mean(critic_losses))
 
     def _actor_loss(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """−Q(s, π(s)) over the batch, plus λ × the Q-filtered behaviour cloning towards the best episode so far
-        (none before there is one; without ``imitation_filter`` at every step of it). The batch and the best
+        """−Q(s, π(s)) over the batch, plus λ × the behaviour cloning towards the best episode so far (none before
+        there is one; with ``imitation_filter`` Q-filtered). The batch and the best
         episode's states go through the actor, and through the critic's features, as one batch: one encoder pass
         each instead of two, the same values."""
         elite = self.replay_buffer.elite() if self.self_imitation else None

@@ -127,12 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--reward-scale", action=argparse.BooleanOptionalAction, default=False,
                    help="divide rewards (after the baseline) by the warm-up episodes' reward std (default off)")
     s.add_argument("--self-imitation", type=_kind("number ≥ 0"), default=None, metavar="WEIGHT",
-                   help="DDPG/TD3: pull the actor towards the best episode's actions where the critic rates them "
-                   "higher (Q-filtered behaviour cloning; DDPG's default 10, chosen on ResNet-20's reward split; "
+                   help="DDPG/TD3: weight of the pull of the actor towards the best episodes' actions (behaviour "
+                   "cloning of the search's own best; DDPG's default 10, chosen on ResNet-20's reward split; "
                    "0: off, TD3's default, not measured yet; SAC: 0)")
-    s.add_argument("--imitation-elites", type=_kind("positive int"), default=1, metavar="K",
-                   help="DDPG/TD3 self-imitation: pull towards the best K episodes so far, not only the best "
-                   "(default 1)")
+    s.add_argument("--imitation-elites", type=_kind("positive int"), default=None, metavar="K",
+                   help="DDPG/TD3 self-imitation: pull towards the best K episodes so far (default 5 with "
+                   "self-imitation, chosen on the reward split of ResNet-20 and ResNet-56; 1: the best only)")
     s.add_argument("--imitation-filter", action=argparse.BooleanOptionalAction, default=None,
                    help="DDPG/TD3 self-imitation: imitate only where the critic rates the best episode's actions "
                    "above the actor's (the Q-filter of Nair et al.); default off: every step of the best episode, "

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from agents.algorithms import IMITATION_FILTER, default_self_imitation
+from agents.algorithms import IMITATION_FILTER, default_imitation_elites, default_self_imitation
 from agents.noise import check_sigma_floor
 from agmc_env.options import KINDS
 
@@ -65,7 +65,9 @@ class SearchConfig:
     # DDPG/TD3: weight of the pull towards the best episode's actions (None: DDPG 10, TD3/SAC 0)
     self_imitation: float | None = None
     applied_actions: bool = False  # RL: store the action the env applied (after rounding and the wall)
-    imitation_elites: int = 1  # DDPG/TD3 self-imitation: how many best episodes the actor is pulled towards
+    # DDPG/TD3 self-imitation: how many best episodes the actor is pulled towards (None: IMITATION_ELITES with
+    # self-imitation, 1 without)
+    imitation_elites: int | None = None
     gamma: float = 1.0  # RL: discount (AMC's 1; 0 with credit="episode": each step's critic regresses the final reward)
     # DDPG/TD3 self-imitation: only where the critic rates the best's actions higher (None: IMITATION_FILTER with
     # self-imitation, and stays None without it)
@@ -74,6 +76,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.self_imitation is None:  # resolved here: the run folder records the value the run used
             self.self_imitation = default_self_imitation(self.algo)
+        if self.imitation_elites is None:
+            self.imitation_elites = default_imitation_elites(self.self_imitation)
         if self.imitation_filter is None and self.self_imitation:
             self.imitation_filter = IMITATION_FILTER
         # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.

@@ -50,6 +50,7 @@ class Method:
 NO_REPAIR = (("repair", "none"),)
 # The DDPG rows that ran before self-imitation became DDPG's default (and the ablations measured against them).
 NO_SIL = (("self_imitation", 0.0),)
+ONE_ELITE = (("imitation_elites", 1),)  # the DDPG rows that ran before 5 elites became self-imitation's default
 AGMC_SETTINGS = (("credit", "terminal"), ("exploration", "amc"), ("actor_lr", None), ("reward_baseline", False))
 METHODS = [
     Method("uniform", "baseline", "uniform", stochastic=False),
@@ -63,8 +64,11 @@ METHODS = [
     Method("gnn+sac", "search", "sac", "gnn"),
     # ablation: self-imitation taken back (the default before it)
     Method("gnn+ddpg (no self-imitation)", "search", "ddpg", "gnn", search=NO_SIL),
-    # ablation: self-imitation with its Q-filter (the default before the unfiltered pull)
-    Method("gnn+ddpg (Q-filtered self-imitation)", "search", "ddpg", "gnn", search=(("imitation_filter", True),)),
+    # ablation: self-imitation of the best episode only (the default before 5 elites)
+    Method("gnn+ddpg (imitating the best episode only)", "search", "ddpg", "gnn", search=ONE_ELITE),
+    # ablation: ... and with its Q-filter (the default before the unfiltered pull)
+    Method("gnn+ddpg (Q-filtered self-imitation)", "search", "ddpg", "gnn",
+           search=(("imitation_filter", True),) + ONE_ELITE),
     # ablation: the RL settings before AMC's code became the default (terminal reward, σ × 0.95, one rate)
     Method("gnn+ddpg (AGMC settings)", "search", "ddpg", "gnn", search=AGMC_SETTINGS + NO_SIL),
     # ablations: one of the defaults taken back at a time, from "no self-imitation"
@@ -527,14 +531,15 @@ def render(config: GridConfig, argv: list[str]) -> None:
         lines += ["", f"Reward split vs test over every run's best policy ({len(rows)} runs): Spearman ρ = "
                   f"{_spearman(val, test):.3f} — how far "
                   "the search's objective ranks pruned networks as the held-out test set does."]
-    from agents.algorithms import SELF_IMITATION
+    from agents.algorithms import IMITATION_ELITES, SELF_IMITATION
 
     no_sil = [m.name for m in METHODS if m.kind == "search" and m.algo == "ddpg" and ("self_imitation", 0.0) in m.search]
     lines += ["", f"Mean ± sample std over seeds. \"Episodes to within 0.5 pt\": the first episode whose best-so-far "
               "reward-split accuracy is within 0.5 pt of the run's final best; \"gain after episode "
               f"{config.episodes // 2}\": how much the best-so-far rose in the second half of the search (0: the "
               "search found nothing better in its last half). "
-              f"Self-imitation (λ = {SELF_IMITATION:g}, `--self-imitation`, at every step of the best episode; "
+              f"Self-imitation (λ = {SELF_IMITATION:g}, `--self-imitation`, at every step of the best "
+              f"{IMITATION_ELITES} episodes so far, `--imitation-elites`; "
               "`--imitation-filter` restricts it to the steps where the critic rates the best's action higher) is "
               "DDPG's default (TD3 and "
               f"SAC run without it); these DDPG rows ran without it (λ = 0), and the ablations are measured against \"gnn+ddpg (no "

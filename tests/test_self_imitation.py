@@ -108,7 +108,8 @@ def test_without_the_filter_every_step_of_the_best_episode_is_imitated():
 
 def test_the_best_episode_is_gathered_with_the_batch_and_unrolled_with_it():
     torch.manual_seed(0)
-    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="gnn", self_imitation=2.0, warmup=1)
+    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="gnn", self_imitation=2.0, warmup=1,
+                       imitation_elites=1)
     env = tiny_env()
     T = env.num_decisions
     for final, action in ((0.1, -0.5), (0.9, 0.5), (0.4, 0.0)):
@@ -164,6 +165,19 @@ def test_the_default_is_ten_for_ddpg_only():
     assert make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc").self_imitation == 10.0
     assert make_agent("td3", DummyVecEnv([tiny_env]), embedding="amc").self_imitation == 0.0
     assert not hasattr(make_agent("sac", DummyVecEnv([tiny_env]), embedding="amc"), "self_imitation")
+
+
+def test_the_default_imitates_five_elites_with_self_imitation_only():
+    assert SearchConfig("AGMCTest-Tiny-v0", algo="ddpg").imitation_elites == 5
+    assert SearchConfig("AGMCTest-Tiny-v0", algo="ddpg", self_imitation=0.0).imitation_elites == 1
+    assert SearchConfig("AGMCTest-Tiny-v0", algo="td3").imitation_elites == 1
+    assert SearchConfig("AGMCTest-Tiny-v0", algo="td3", self_imitation=1.0).imitation_elites == 5
+    assert SearchConfig("AGMCTest-Tiny-v0", algo="ddpg", imitation_elites=1).imitation_elites == 1
+    assert make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc").replay_buffer.elites == 5
+    assert make_agent("td3", DummyVecEnv([tiny_env]), embedding="amc").replay_buffer.elites == 1
+    # a run folder of the one-elite default is not resumed as a 5-elite run (its identity names its K)
+    one = SearchConfig("AGMCTest-Tiny-v0", imitation_elites=1)
+    assert not SearchConfig("AGMCTest-Tiny-v0").same_run(one.identity()) and one.same_run(one.identity())
 
 
 def test_runs_recorded_before_the_filter_option_resume_as_what_they_were():

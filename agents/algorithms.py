@@ -24,7 +24,7 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
   warm-up episodes' final rewards, fixed when learning starts. Accuracies of different policies differ by a few
   hundredths, a small target for a critic whose step size (Adam) does not shrink with the target;
 - ``self_imitation`` λ (DDPG/TD3; DDPG's default ``SELF_IMITATION`` = 10, 0 turns it off): the actor loss also pulls
-  the actor's actions on the best episode so far towards that episode's actions, λ·‖π(s) − a‖² (the
+  the actor's actions on the best episodes so far towards those episodes' actions, λ·‖π(s) − a‖² (the
   demonstrations are the search's own best, as in Oh et al. 2018, "Self-Imitation Learning"). On ResNet-20 it
   raised GNN+DDPG's best reward-split accuracy from 75.6 ± 0.6 to 77.6 ± 0.2 % (Q-filtered; λ = 1: 77.0 ± 1.3;
   benchmarks/results/search_settings_r20_round3.md). TD3's default stays 0 until it is measured there; SAC keeps
@@ -63,7 +63,7 @@ from agents.noise import SCALED_FLOOR, AMCNoise, TruncatedNormalExploration, che
 
 CREDITS = ("terminal", "episode")
 SELF_IMITATION = 10.0  # DDPG's default λ, chosen on ResNet-20's reward split
-IMITATION_FILTER = False  # self-imitation's default: every step of the best episode (reward split, ResNet-20 and -56)
+IMITATION_FILTER = False  # self-imitation's default: every step of the best episodes (reward split, ResNet-20 and -56)
 IMITATION_ELITES = 5  # self-imitation's default: the best 5 episodes so far (reward split, ResNet-20 and -56)
 EXPLORATIONS = ("amc", "scaled", "adaptive")
 
@@ -181,9 +181,9 @@ class TD3Update:
         self.logger.record("train/critic_loss", np.mean(critic_losses))
 
     def _actor_loss(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """−Q(s, π(s)) over the batch, plus λ × the behaviour cloning towards the best episode so far (none before
+        """−Q(s, π(s)) over the batch, plus λ × the behaviour cloning towards the best episodes so far (none before
         there is one; with ``imitation_filter`` Q-filtered). The batch and the best
-        episode's states go through the actor, and through the critic's features, as one batch: one encoder pass
+        episodes' states go through the actor, and through the critic's features, as one batch: one encoder pass
         each instead of two, the same values."""
         elite = self.replay_buffer.elite() if self.self_imitation else None
         if elite is None:

@@ -134,8 +134,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="DDPG/TD3 self-imitation: pull towards the best K episodes so far (default 5 with "
                    "self-imitation, chosen on the reward split of ResNet-20 and ResNet-56; 1: the best only)")
     s.add_argument("--imitation-filter", action=argparse.BooleanOptionalAction, default=None,
-                   help="DDPG/TD3 self-imitation: imitate only where the critic rates the best episode's actions "
-                   "above the actor's (the Q-filter of Nair et al.); default off: every step of the best episode, "
+                   help="DDPG/TD3 self-imitation: imitate only where the critic rates the best episodes' actions "
+                   "above the actor's (the Q-filter of Nair et al.); default off: every step of the best episodes, "
                    "chosen on the reward split of ResNet-20 and ResNet-56")
     s.add_argument("--gamma", type=_kind("unit interval"), default=1.0,
                    help="RL discount (default 1, AMC's: with --credit episode every step's target adds the next "

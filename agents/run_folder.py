@@ -62,7 +62,7 @@ class SearchConfig:
     updates_per_step: int = 1  # RL: gradient steps per collected transition
     sigma_floor: float = 0.05  # DDPG/TD3 with exploration="scaled" or "adaptive": σ's floor on [0, 1]
     reward_scale: bool = False  # RL: divide rewards by the warm-up episodes' reward std
-    # DDPG/TD3: weight of the pull towards the best episode's actions (None: DDPG 10, TD3/SAC 0)
+    # DDPG/TD3: weight of the pull towards the best episodes' actions (None: DDPG 10, TD3/SAC 0)
     self_imitation: float | None = None
     applied_actions: bool = False  # RL: store the action the env applied (after rounding and the wall)
     # DDPG/TD3 self-imitation: how many best episodes the actor is pulled towards (None: IMITATION_ELITES with

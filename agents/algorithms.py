@@ -99,21 +99,6 @@ class UpdatesPerStep:
         super().train(gradient_steps * self.updates_per_step, batch_size)
 
 
-class SingleThreadUpdate:
-    """Mixin for SB3 off-policy algorithms: the gradient steps run on one intra-op thread, and the env keeps
-    torch's thread count. The update is hundreds of small ops per step (batch 64, 300-wide heads), and a second
-    thread only adds overhead: the same train() took 0.418 s at 1 thread and 0.443 s at 2 (ResNet-56 DDPG+gnn,
-    27 steps, 2-core EPYC; benchmarks/results/search_speed.md)."""
-
-    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            super().train(gradient_steps, batch_size)
-        finally:
-            torch.set_num_threads(threads)
-
-
 class AppliedActions:
     """Mixin for SB3 off-policy algorithms: with ``applied_actions`` (saved with the agent) each transition is stored
     with the action the env applied (``info["applied_action"]``: the agent's action after channel rounding and the
@@ -219,12 +204,12 @@ def _joined(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> 
     return joined
 
 
-class AMCDDPG(ActorLearningRate, AppliedActions, SingleThreadUpdate, UpdatesPerStep, TD3Update,
+class AMCDDPG(ActorLearningRate, AppliedActions, UpdatesPerStep, TD3Update,
               TruncatedNormalExploration, DDPG):
     """SB3 DDPG exploring with AMC's truncated normal."""
 
 
-class AMCTD3(ActorLearningRate, AppliedActions, SingleThreadUpdate, UpdatesPerStep, TD3Update,
+class AMCTD3(ActorLearningRate, AppliedActions, UpdatesPerStep, TD3Update,
              TruncatedNormalExploration, TD3):
     """SB3 TD3 exploring with AMC's truncated normal."""
 
@@ -276,7 +261,7 @@ class AMCSACPolicy(SACMultiInputPolicy):
         return ActorLossCritic(**critic_kwargs).to(self.device)
 
 
-class AMCSAC(ActorLearningRate, AppliedActions, SingleThreadUpdate, UpdatesPerStep, SAC):
+class AMCSAC(ActorLearningRate, AppliedActions, UpdatesPerStep, SAC):
     """SB3 SAC (its own entropy-driven exploration) with :class:`AMCSACPolicy`."""
 
 

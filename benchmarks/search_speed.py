@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     for algo, emb in combos:
         cmd = [sys.executable, "-m", "benchmarks.search_speed", "--env", args.env, "--episodes", str(args.episodes),
                "--warmup", str(args.warmup), "--seed", str(args.seed), "--only", f"{algo}:{emb}"]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:  # the child's own error, not only its exit status
+            raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-4000:]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     lines = [

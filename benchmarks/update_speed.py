@@ -5,10 +5,10 @@ that many episodes. Isolates the update from the env's step, so before / after a
 compared in seconds, in one process per code version.
 
     OMP_NUM_THREADS=1 python -m benchmarks.update_speed [--env AGMC-ResNet56-v0] [--episodes 40] [--reps 6]
-        [--algo ddpg] [--embedding gnn] [--self-imitation 10 0] [--imitation-elites 1 5]
+        [--algo ddpg] [--embedding gnn] [--self-imitation 10 0] [--imitation-elites 1 5] [--threads 1 2]
 
-Prints one JSON object per variant (each weight × each K: median, runs); each variant is an agent built with the
-same seed on the same buffer contents, and the variants' repetitions alternate.
+Prints one JSON object per variant (each weight × each K × each thread count: median, runs); each variant is an
+agent built with the same seed on the same buffer contents, and the variants' repetitions alternate.
 """
 from __future__ import annotations
 
@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--self-imitation", type=float, nargs="+", default=[10.0], help="one variant per weight")
     p.add_argument("--imitation-elites", type=int, nargs="+", default=[None],
                    help="one variant per K (default: the search's, 5 with self-imitation)")
+    p.add_argument("--threads", type=int, nargs="+", default=[None],
+                   help="one variant per intra-op thread count (default: torch's current)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    threads = [t or torch.get_num_threads() for t in args.threads]
     env = gym.make(args.env).unwrapped
     T = env.num_decisions
     models = {}
@@ -66,17 +69,18 @@ def main(argv: list[str] | None = None) -> None:
             fill(model, env, args.episodes, args.seed)
             model.train(T, model.batch_size)  # first call: caches, allocator
             models[weight, model.replay_buffer.elites] = model
-    runs: dict[tuple[float, int], list[float]] = {key: [] for key in models}
+    runs: dict[tuple[float, int, int], list[float]] = {(*key, t): [] for key in models for t in threads}
     for _ in range(args.reps):
-        for key, model in models.items():
+        for (weight, elites, t), times in runs.items():
+            torch.set_num_threads(t)
             start = time.perf_counter()
-            model.train(T, model.batch_size)
-            runs[key].append(time.perf_counter() - start)
-    for (weight, elites), times in runs.items():
+            models[weight, elites].train(T, models[weight, elites].batch_size)
+            times.append(time.perf_counter() - start)
+    for (weight, elites, t), times in runs.items():
         print(json.dumps({"env": args.env, "algo": args.algo, "embedding": args.embedding, "self_imitation": weight,
                           "imitation_elites": elites, "episodes_in_buffer": args.episodes,
                           "machine": f"{cpu_name()} ({cpu_capability()})", "torch": torch.__version__,
-                          "threads": torch.get_num_threads(), "train_s_median": round(statistics.median(times), 4),
+                          "threads": t, "train_s_median": round(statistics.median(times), 4),
                           "runs": [round(t, 4) for t in times]}))
 
 

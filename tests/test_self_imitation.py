@@ -1,6 +1,6 @@
-"""Self-imitation: the replay buffer keeps the best episode's transitions, and the actor loss's pull towards them is
-λ·‖π(s) − a‖² at every step of the episode (the default), or with the Q-filter exactly where the critic rates the
-episode's action above the actor's."""
+"""Self-imitation: the replay buffer keeps the best episodes' transitions (5 by default), and the actor loss's pull
+towards them is λ·‖π(s) − a‖² at every step of them (the default), or with the Q-filter exactly where the critic
+rates the episode's action above the actor's."""
 from __future__ import annotations
 
 import numpy as np

@@ -126,11 +126,17 @@ def _combine(key: torch.Tensor, bound: int, columns: list[tuple[torch.Tensor, in
 
 
 def _value_ids(column: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Exact integer ids of a column's values, and their bound. float32: the bits themselves less the smallest
-    (no sort; equal bits, equal values; 0.0 and -0.0 only get two ids): keep ratios in (0, 1] span < 2^26 bit
-    patterns, so two such columns pack into one key without a re-densifying sort. Else the rank among the
-    distinct values."""
+    """Exact integer ids of a column's values, and their bound; no sort for float32. Values that are all whole
+    multiples of 2^-12 (keep ratios c / C of power-of-two channel counts, 0/1 flags) become those integers less the
+    smallest: three such columns and the node index pack into one int64 key, so layer 0 needs one sort. Other
+    float32 columns: the bits less the smallest (equal bits, equal values; 0.0 and -0.0 get two ids). Other dtypes:
+    the rank among the distinct values."""
     if column.dtype == torch.float32:
+        scaled = column * 4096.0  # exact: a power of two
+        low, high = torch.aminmax(scaled)
+        # below 2^20 the differences are exact in float32; NaN and inf fail the comparison
+        if bool(high - low < 2 ** 20) and torch.equal(scaled, scaled.round()):
+            return (scaled - low).long(), int(high - low) + 1
         bits = column.view(torch.int32).long() & 0xFFFFFFFF
         low, high = torch.aminmax(bits)
         return bits - low, int(high - low) + 1

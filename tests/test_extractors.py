@@ -221,6 +221,7 @@ def test_dense_ids_are_torch_unique_on_node_major_keys(B):
     unique, inverse = torch.unique(rows, dim=0, return_inverse=True)  # lexicographic: node-major
     assert torch.equal(ids, inverse.view(N, B)) and count == len(unique)
 
+
 @pytest.mark.parametrize("values", [
     [0.203125, 1.0, 0.0, 0.203125, 0.5],  # keep ratios c / 64 and a 0/1 flag: whole multiples of 2^-12
     [1e9, 1e9 + 64.0, -3.0, 1e9],  # integers, but spread over ≥ 2^20 multiples: the bits
@@ -240,7 +241,6 @@ def test_value_ids_give_equal_values_equal_ids_within_their_bound(values):
                 assert ids[0, i] == ids[0, j]
             elif column[0, i] != column[0, j]:  # different values (NaN differs from all): different ids
                 assert ids[0, i] != ids[0, j]
-
 
 
 def test_the_budget_state_is_appended_to_the_graph_embedding():

@@ -129,9 +129,8 @@ def _value_ids(column: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Exact integer ids of a column's values, and their bound; no sort for float32. Values that are all whole
     multiples of 2^-12 (keep ratios c / C of power-of-two channel counts, 0/1 flags), spanning fewer than 2^20 of
     them, become those integers less the smallest: three such columns and the node index pack into one int64 key,
-    so layer 0 needs one sort. Other
-    float32 columns: the bits less the smallest (equal bits, equal values; 0.0 and -0.0 get two ids). Other dtypes:
-    the rank among the distinct values."""
+    so layer 0 needs one sort. Other float32 columns: the bits less the smallest (equal bits, equal values; 0.0 and
+    -0.0 get two ids). Other dtypes: the rank among the distinct values."""
     if column.dtype == torch.float32:
         scaled = column * 4096.0  # exact: a power of two
         low, high = torch.aminmax(scaled)

@@ -190,7 +190,7 @@ class _Topology:
         self.valid = slot < degree.unsqueeze(1)
         at = (crow[:-1].unsqueeze(1) + slot).clamp_max(max(len(col) - 1, 0))
         self.neighbours = torch.where(self.valid, col[at], 0)
-        self.padded = torch.where(self.valid, col[at], N)  # empty slots → row N, a row of zeros appended to the ids
+        self.padded = torch.where(self.valid, self.neighbours, N)  # empty slots → row N: zeros appended to the ids
         self.weights = torch.where(self.valid, self.adj.values()[at], 0)
 
     def matches(self, obs: dict[str, torch.Tensor]) -> bool:

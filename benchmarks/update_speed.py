@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
                           "imitation_elites": elites, "episodes_in_buffer": args.episodes,
                           "machine": f"{cpu_name()} ({cpu_capability()})", "torch": torch.__version__,
                           "threads": t, "train_s_median": round(statistics.median(times), 4),
-                          "runs": [round(t, 4) for t in times]}))
+                          "runs": [round(seconds, 4) for seconds in times]}))
 
 
 if __name__ == "__main__":

@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="actor learning rate (default 1e-4, AMC's; the critic's is 1e-3)")
     s.add_argument("--updates-per-step", type=_kind("positive int"), default=1,
                    help="gradient steps per collected transition (default 1, AMC's)")
+    s.add_argument("--min-updates-per-episode", type=_kind("count"), default=None, metavar="N",
+                   help="at least N gradient steps per episode in all (DDPG's default 27, ResNet-56's one per "
+                   "transition, chosen on ResNet-20's reward split: 3 per transition there; TD3/SAC: 0, no floor)")
     s.add_argument("--sigma-floor", type=_kind("positive number"), default=0.05,
                    help="DDPG/TD3 with --exploration scaled or adaptive: σ's floor on [0, 1] (default 0.05)")
     s.add_argument("--reward-scale", action=argparse.BooleanOptionalAction, default=False,
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                                       args.reward_baseline, _env_kwargs(args), args.credit, args.exploration,
                                       args.actor_lr, args.updates_per_step, args.sigma_floor, args.reward_scale,
                                       args.self_imitation, args.applied_actions, args.imitation_elites,
-                                      args.gamma, args.imitation_filter)
+                                      args.gamma, args.imitation_filter, args.min_updates_per_episode)
                 best = run_search(config, args.out, force=args.force, progress=not args.no_progress)
             print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
         elif args.command == "evaluate":

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from agents.algorithms import IMITATION_FILTER, default_imitation_elites, default_self_imitation
+from agents.algorithms import IMITATION_FILTER, default_imitation_elites, default_min_updates, default_self_imitation
 from agents.noise import check_sigma_floor
 from agmc_env.options import KINDS
 
@@ -40,7 +40,8 @@ class RunError(RuntimeError):
 # What a run recorded before these fields existed had: terminal reward, AMC's σ decay, one learning rate.
 LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1,
           "sigma_floor": 0.05, "reward_scale": False, "self_imitation": 0.0,
-          "applied_actions": False, "imitation_elites": 1, "gamma": 1.0}
+          "applied_actions": False, "imitation_elites": 1, "gamma": 1.0,
+          "min_updates_per_episode": 0}
 # imitation_filter, for a run recorded before it existed: on (Q-filtered) with self-imitation, else None (no meaning).
 
 
@@ -72,6 +73,8 @@ class SearchConfig:
     # DDPG/TD3 self-imitation: only where the critic rates the best's actions higher (None: IMITATION_FILTER with
     # self-imitation, and stays None without it)
     imitation_filter: bool | None = None
+    # RL: a floor on the gradient steps per episode (None: DDPG 27, ResNet-56's one per transition; TD3/SAC 0)
+    min_updates_per_episode: int | None = None
 
     def __post_init__(self) -> None:
         if self.self_imitation is None:  # resolved here: the run folder records the value the run used
@@ -80,10 +83,13 @@ class SearchConfig:
             self.imitation_elites = default_imitation_elites(self.self_imitation)
         if self.imitation_filter is None and self.self_imitation:
             self.imitation_filter = IMITATION_FILTER
+        if self.min_updates_per_episode is None:
+            self.min_updates_per_episode = default_min_updates(self.algo)
         # 0 episodes would finish a run with no best to report; a negative warm-up is no warm-up by accident.
         for name, kind in (("episodes", "positive int"), ("warmup", "count"), ("seed", "int"),
                            ("updates_per_step", "positive int"), ("self_imitation", "number ≥ 0"),
-                           ("imitation_elites", "positive int"), ("gamma", "unit interval")):
+                           ("imitation_elites", "positive int"), ("gamma", "unit interval"),
+                           ("min_updates_per_episode", "count")):
             value = getattr(self, name)
             if not KINDS[kind].fits(value):
                 raise ValueError(f"{name}={value!r} must be {KINDS[kind].what}")

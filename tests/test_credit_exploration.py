@@ -11,7 +11,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import agmc_env  # noqa: F401  (registers the ids, AGMCTest-Tiny-v0 too)
-from agents.algorithms import AMCReplayBuffer, make_agent
+from agents.algorithms import MIN_UPDATES_PER_EPISODE, AMCReplayBuffer, make_agent
 from agents.noise import SCALED_FLOOR, AMCNoise, scaled_decay, success_rule
 from agents.run_folder import SearchConfig
 from agents.search import run_search
@@ -155,10 +155,30 @@ def test_updates_per_step_multiplies_the_gradient_steps_of_each_episode(algo, up
     env = tiny_env()
     T = env.num_decisions
     model = make_agent(algo, DummyVecEnv([lambda: env]), embedding="amc", episodes=4, warmup=1,
-                       updates_per_step=updates)
+                       updates_per_step=updates, min_updates_per_episode=0)
     model.learn(total_timesteps=4 * T)
     # SB3 trains at each episode end once past learning_starts (the warm-up episode): 3 episodes of T steps
     assert model._n_updates == 3 * T * updates
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "td3", "sac"])
+@pytest.mark.parametrize("updates", [1, 3])
+@pytest.mark.parametrize("floor", [0, 10, 30])
+def test_an_episode_takes_at_least_the_floor_of_gradient_steps(algo, updates, floor):
+    env = tiny_env()
+    T = env.num_decisions  # 6: the floor of 10 lifts one step per transition, not three; 30 lifts both
+    model = make_agent(algo, DummyVecEnv([lambda: env]), embedding="amc", episodes=4, warmup=1,
+                       updates_per_step=updates, min_updates_per_episode=floor)
+    model.learn(total_timesteps=4 * T)
+    assert model._n_updates == 3 * max(T * updates, floor)
+
+
+def test_only_ddpg_has_a_floor_by_default_and_it_is_recorded():
+    assert SearchConfig("AGMCTest-Tiny-v0").min_updates_per_episode == MIN_UPDATES_PER_EPISODE
+    assert SearchConfig("AGMCTest-Tiny-v0", algo="td3").min_updates_per_episode == 0
+    assert SearchConfig("AGMCTest-Tiny-v0", algo="sac").min_updates_per_episode == 0
+    model = make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc")
+    assert model.min_updates_per_episode == MIN_UPDATES_PER_EPISODE
 
 
 def test_updates_per_step_refuses_what_is_not_a_count():
@@ -168,6 +188,10 @@ def test_updates_per_step_refuses_what_is_not_a_count():
         SearchConfig("AGMCTest-Tiny-v0", sigma_floor=0.6)
     with pytest.raises(ValueError, match="updates_per_step"):
         make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc", updates_per_step=1.5)
+    with pytest.raises(ValueError, match="min_updates_per_episode"):
+        SearchConfig("AGMCTest-Tiny-v0", min_updates_per_episode=-1)
+    with pytest.raises(ValueError, match="min_updates_per_episode"):
+        make_agent("ddpg", DummyVecEnv([tiny_env]), embedding="amc", min_updates_per_episode=2.5)
 
 
 def test_amc_settings_search_resumes_and_old_folders_still_match(tmp_path):
@@ -177,9 +201,11 @@ def test_amc_settings_search_resumes_and_old_folders_still_match(tmp_path):
     config.episodes = 5  # extends: the recorded identity matches, new fields included
     run_search(config, tmp_path, progress=False)
     # a run.json written before these fields existed: it ran with a terminal reward, AMC's σ and one rate
-    old = SearchConfig("AGMCTest-Tiny-v0", credit="terminal", exploration="amc", actor_lr=None, self_imitation=0.0)
+    old = SearchConfig("AGMCTest-Tiny-v0", credit="terminal", exploration="amc", actor_lr=None, self_imitation=0.0,
+                       min_updates_per_episode=0)
     recorded = {k: v for k, v in old.identity().items()
-                if k not in ("credit", "exploration", "actor_lr", "updates_per_step", "sigma_floor", "reward_scale", "self_imitation")}
+                if k not in ("credit", "exploration", "actor_lr", "updates_per_step", "sigma_floor", "reward_scale",
+                             "self_imitation", "min_updates_per_episode")}
     assert old.same_run(json.loads(json.dumps(recorded)))
     assert not config.same_run(recorded)
 

@@ -45,23 +45,33 @@ class Method:
     stochastic: bool = True
     env: tuple[tuple[str, Any], ...] = ()  # env options of this row on top of the grid's (an ablation)
     search: tuple[tuple[str, Any], ...] = ()  # SearchConfig fields other than the defaults (an ablation)
+    grids: tuple[str, ...] = ()  # the grid configs this row runs in (empty: every one)
 
 
 NO_REPAIR = (("repair", "none"),)
+# The DDPG rows that ran before the floor of 27 gradient steps per episode became DDPG's default: one per transition.
+# On ResNet-56 (27 decisions) the floor changes nothing: there these rows ran what the defaults run.
+ONE_PER_TRANSITION = (("min_updates_per_episode", 0),)
+SIL_OFF = (("self_imitation", 0.0),)
 # The DDPG rows that ran before self-imitation became DDPG's default (and the ablations measured against them).
-NO_SIL = (("self_imitation", 0.0),)
-ONE_ELITE = (("imitation_elites", 1),)  # the DDPG rows that ran before 5 elites became self-imitation's default
+NO_SIL = SIL_OFF + ONE_PER_TRANSITION
+ONE_ELITE = (("imitation_elites", 1),) + ONE_PER_TRANSITION  # the DDPG rows that ran before 5 elites became self-imitation's default
 AGMC_SETTINGS = (("credit", "terminal"), ("exploration", "amc"), ("actor_lr", None), ("reward_baseline", False))
 METHODS = [
     Method("uniform", "baseline", "uniform", stochastic=False),
     Method("random", "baseline", "random"),
     Method("cmaes", "baseline", "cmaes"),
     Method("tpe", "baseline", "tpe"),
-    Method("amc+ddpg", "search", "ddpg", "amc", search=NO_SIL),
+    # without self-imitation, as they ran before it became the default; ResNet-20's runs again with the floor
+    Method("amc+ddpg", "search", "ddpg", "amc", search=SIL_OFF),
     Method("gnn+ddpg", "search", "ddpg", "gnn"),
-    Method("gnn-lstm+ddpg", "search", "ddpg", "gnn-lstm", search=NO_SIL),
+    Method("gnn-lstm+ddpg", "search", "ddpg", "gnn-lstm", search=SIL_OFF),
     Method("gnn+td3", "search", "td3", "gnn"),
     Method("gnn+sac", "search", "sac", "gnn"),
+    # ablation: one gradient step per transition (AMC's; the default before the floor of 27 per episode), not run
+    # on ResNet-56, where it is what the defaults run
+    Method("gnn+ddpg (one gradient step per transition)", "search", "ddpg", "gnn", search=ONE_PER_TRANSITION,
+           grids=("resnet20_flops50", "smoke")),
     # ablation: self-imitation taken back (the default before it)
     Method("gnn+ddpg (no self-imitation)", "search", "ddpg", "gnn", search=NO_SIL),
     # ablation: self-imitation of the best episode only (the default before 5 elites)
@@ -124,9 +134,14 @@ def preset(name: str) -> GridConfig:
     return presets[name]()
 
 
+def methods_of(config: GridConfig) -> list[Method]:
+    """The rows of ``config``'s table, in ``METHODS``' order."""
+    return [m for m in METHODS if not m.grids or config.name in m.grids]
+
+
 def runs_of(config: GridConfig) -> list[tuple[Method, int]]:
     """Seed-major order, so a partly finished grid has every method at its first seeds."""
-    return [(m, s) for s in config.seeds for m in METHODS if m.stochastic or s == config.seeds[0]]
+    return [(m, s) for s in config.seeds for m in methods_of(config) if m.stochastic or s == config.seeds[0]]
 
 
 def run_dir(config: GridConfig, method: Method, seed: int, runs: Path | None = None) -> Path:
@@ -505,7 +520,7 @@ def render(config: GridConfig, argv: list[str]) -> None:
         f"| unpruned | – | 1.000 | 1.000 | {100 * base['val_accuracy']:.2f} | {100 * base['test_accuracy']:.2f} | 0 | – | – "
         "| – |",
     ]
-    for m in METHODS:
+    for m in methods_of(config):
         mine = [r for r in rows if r["method"] == m.name]
         expected = len(config.seeds) if m.stochastic else 1
         if not mine:
@@ -519,7 +534,8 @@ def render(config: GridConfig, argv: list[str]) -> None:
             f"{_fmt(g('val_accuracy'), 100)} | {_fmt(g('test_accuracy'), 100)} | {_fmt(g('delta_test'), 100)} | "
             f"{_fmt(g('episodes_to_within_0.5pt'), digits=0)} | {_fmt(late, 100) if late else '–'} | "
             f"{_fmt(g('search_seconds'), 1 / 60, 1)} |")
-    missing = sum((len(config.seeds) if m.stochastic else 1) - sum(r["method"] == m.name for r in rows) for m in METHODS)
+    missing = sum((len(config.seeds) if m.stochastic else 1) - sum(r["method"] == m.name for r in rows)
+                  for m in methods_of(config))
     if missing:
         lines += ["", f"**Partial grid**: {missing} runs have not finished (rows show finished/planned runs); "
                   "re-running the command above resumes the grid where it stopped."]
@@ -531,9 +547,11 @@ def render(config: GridConfig, argv: list[str]) -> None:
         lines += ["", f"Reward split vs test over every run's best policy ({len(rows)} runs): Spearman ρ = "
                   f"{_spearman(val, test):.3f} — how far "
                   "the search's objective ranks pruned networks as the held-out test set does."]
-    from agents.algorithms import IMITATION_ELITES, SELF_IMITATION
+    from agents.algorithms import IMITATION_ELITES, MIN_UPDATES_PER_EPISODE, SELF_IMITATION
 
-    no_sil = [m.name for m in METHODS if m.kind == "search" and m.algo == "ddpg" and ("self_imitation", 0.0) in m.search]
+    ddpg = [m for m in methods_of(config) if m.kind == "search" and m.algo == "ddpg"]
+    no_sil = [m.name for m in ddpg if ("self_imitation", 0.0) in m.search]
+    no_floor = [m.name for m in ddpg if ONE_PER_TRANSITION[0] in m.search]
     lines += ["", f"Mean ± sample std over seeds. \"Episodes to within 0.5 pt\": the first episode whose best-so-far "
               "reward-split accuracy is within 0.5 pt of the run's final best; \"gain after episode "
               f"{config.episodes // 2}\": how much the best-so-far rose in the second half of the search (0: the "
@@ -543,7 +561,10 @@ def render(config: GridConfig, argv: list[str]) -> None:
               "`--imitation-filter` restricts it to the steps where the critic rates the best's action higher) is "
               "DDPG's default (TD3 and "
               f"SAC run without it); these DDPG rows ran without it (λ = 0), and the ablations are measured against \"gnn+ddpg (no "
-              f"self-imitation)\": {', '.join(no_sil)}."]
+              f"self-imitation)\": {', '.join(no_sil)}. "
+              f"DDPG takes at least {MIN_UPDATES_PER_EPISODE} gradient steps per episode (`--min-updates-per-episode`: "
+              "3 per transition on ResNet-20's 9 decisions, one on ResNet-56's 27, where the floor changes nothing); "
+              f"these DDPG rows ran with one per transition (AMC's), from before the floor: {', '.join(no_floor)}."]
     lines += _finetune_lines(config, base["test_accuracy"])
     lines += ["", "Published numbers (real CIFAR-10, not this JPEG copy; compare Δ only):", "",
               "| source | base (%) | pruned (%) | Δ (pt) |", "|---|---|---|---|"]

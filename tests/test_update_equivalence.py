@@ -21,7 +21,7 @@ def _warmed_up(algo: str, embedding: str):
     env = tiny_env()
     T = env.unwrapped.num_decisions
     model = make_agent(algo, env, embedding=embedding, episodes=6, warmup=4, seed=0, batch_size=8,
-                       self_imitation=0.0)  # SB3's update has no imitation term
+                       self_imitation=0.0, min_updates_per_episode=0)  # SB3's update: no imitation term, no floor
     model.learn(total_timesteps=4 * T)  # warm-up only: random actions fill the replay buffer
     model.set_logger(configure(None, []))
     return model, {k: v.clone() for k, v in model.policy.state_dict().items()}

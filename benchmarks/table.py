@@ -55,7 +55,8 @@ ONE_PER_TRANSITION = (("min_updates_per_episode", 0),)
 SIL_OFF = (("self_imitation", 0.0),)
 # The DDPG rows that ran before self-imitation became DDPG's default (and the ablations measured against them).
 NO_SIL = SIL_OFF + ONE_PER_TRANSITION
-ONE_ELITE = (("imitation_elites", 1),) + ONE_PER_TRANSITION  # the DDPG rows that ran before 5 elites became self-imitation's default
+# The DDPG rows that ran before 5 elites became self-imitation's default.
+ONE_ELITE = (("imitation_elites", 1),) + ONE_PER_TRANSITION
 AGMC_SETTINGS = (("credit", "terminal"), ("exploration", "amc"), ("actor_lr", None), ("reward_baseline", False))
 METHODS = [
     Method("uniform", "baseline", "uniform", stochastic=False),

@@ -200,6 +200,7 @@ class RunFolder:
                 self.truncate_to(0)
             return False
         if force and self.out.exists():
+            self._claim()  # before deleting anything: a live process's run folder is refused, not emptied
             for name in (RUN, EPISODES, TRAJECTORIES, BEST, BEST_MODEL, CHECKPOINT, AGENT):
                 self.path(name).unlink(missing_ok=True)
             for extra in self.out.glob("best_*.pt"):  # what a pruning mode exported beside the best model

@@ -158,6 +158,9 @@ def test_two_processes_never_write_one_run_folder(tmp_path):
         (tmp_path / ".lock").write_text(str(other.pid))
         with pytest.raises(RunError, match=f"another process \\(pid {other.pid}\\)"):
             run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=0, progress=False)
+        with pytest.raises(RunError, match=f"another process \\(pid {other.pid}\\)"):  # --force deletes nothing
+            run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=0, progress=False, force=True)
+        assert (tmp_path / "run.json").exists() and (tmp_path / "episodes.csv").exists()
     finally:
         other.kill()
         other.wait()

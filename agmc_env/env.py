@@ -300,9 +300,12 @@ class AGMCEnv(gym.Env):
 
     def run_actions(self, actions: list[float] | np.ndarray) -> dict[str, Any]:
         """Play one whole episode with these actions (one in [0, 1] per decision); returns the final ``info``."""
+        actions = np.asarray(actions, dtype=np.float64).reshape(-1)
+        if len(actions) != self.num_decisions:
+            raise ValueError(f"need {self.num_decisions} actions (one per decision), got {len(actions)}")
         self.reset()
         info: dict[str, Any] = {}
-        for a in np.asarray(actions, dtype=np.float64).reshape(-1):
+        for a in actions:
             _, _, _, _, info = self.step(np.array([a], dtype=np.float32))
         return info
 

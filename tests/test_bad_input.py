@@ -59,6 +59,15 @@ def test_step_after_the_end(env):
         env.step(np.array([0.5], dtype=np.float32))
 
 
+@pytest.mark.parametrize("count", [-1, 1])
+def test_whole_episode_apis_need_one_value_per_decision(env, count):
+    n = env.num_decisions + count
+    with pytest.raises(ValueError, match=f"need {env.num_decisions} actions \\(one per decision\\), got {n}"):
+        env.run_actions(np.full(n, 0.5))
+    with pytest.raises(ValueError, match=f"need {env.num_decisions} keep ratios \\(one per decision\\), got {n}"):
+        env.run_ratios(np.full(n, 0.5))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"model": "resnet57"}, r"unknown model 'resnet57': not a preset \(\[.*resnet56.*torchvision"),
     ({"reward_metric": "top3"}, r"unknown reward_metric 'top3'; choose one of \('top1', 'top5'\)"),

@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="an SB3 agent (ddpg, td3, sac) or a whole-episode searcher (cmaes, tpe, random, uniform)")
     s.add_argument("--embedding", choices=sorted(EMBEDDINGS), default="gnn")
     s.add_argument("--episodes", type=_kind("positive int"), default=300)
-    s.add_argument("--warmup", type=_kind("count"), default=25, help="episodes of uniformly random actions before learning")
+    s.add_argument("--warmup", type=_kind("count"), default=25, help="episodes of random actions before learning (uniform; DDPG/TD3 add one draw of the initial exploration noise, clipped)")
     # RL defaults: AMC's released code, chosen on the reward split (benchmarks/results/search_settings_*.md)
     s.add_argument("--reward-baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="subtract AMC's moving-average reward baseline (default on)")

@@ -108,6 +108,9 @@ class TruncatedNormalExploration:
     """Mixin for SB3 off-policy algorithms: replaces additive noise by AMC's truncated normal."""
 
     def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
+        # During the warm-up SB3 draws a uniform action and adds ``action_noise()``, here N(0, σ₀ = 1 in SB3's
+        # [-1, 1] units), clipped: ~39 % of warm-up actions land on a bound. Every committed run explored so; AMC's
+        # code draws uniform actions (not compared yet).
         if not isinstance(action_noise, AMCNoise) or self.num_timesteps < learning_starts:
             return super()._sample_action(learning_starts, action_noise, n_envs)
         mean, _ = self.predict(self._last_obs, deterministic=True)

@@ -265,3 +265,18 @@ def test_gamma_is_the_agents_discount_and_a_number_in_the_unit_interval():
     for bad in (1.5, -0.1, "1"):
         with pytest.raises(ValueError, match="gamma"):
             SearchConfig("AGMCTest-Tiny-v0", gamma=bad)
+
+
+@pytest.mark.parametrize("algo, on_bounds", [("ddpg", (0.25, 0.55)), ("sac", (0.0, 0.0))])
+def test_warm_up_actions_are_uniform_plus_ddpgs_initial_noise_clipped(algo, on_bounds):
+    """What the README says of the warm-up: SAC's actions are SB3's uniform draws; DDPG/TD3 add one draw of the
+    initial noise (σ 1 in SB3's units) and clip, which puts ~39 % of them on a bound."""
+    env = tiny_env()
+    T = env.num_decisions
+    model = make_agent(algo, DummyVecEnv([lambda: env]), embedding="amc", episodes=40, warmup=40, seed=0)
+    model.set_logger(configure(None, []))
+    model.learn(total_timesteps=40 * T)  # warm-up only: no gradient step
+    actions = model.replay_buffer.actions[:40 * T].reshape(-1)
+    share = float(np.mean(np.abs(actions) == 1.0))
+    assert on_bounds[0] <= share <= on_bounds[1], share
+    assert np.all(np.abs(actions) <= 1.0)

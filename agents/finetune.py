@@ -91,8 +91,9 @@ def finetune(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: i
                 "bn_momentum": BN_MOMENTUM,
                 **({"temperature": temperature, "alpha": alpha} if distill else {})}
     model, meta = load_pruned(checkpoint)
-    # the task gives the data, the test evaluator and the teacher; it runs no episode, so no repair statistics
-    options = {"split": "test", "device": device, "bn_recalibration": False, "repair": "none"}
+    # the task gives the data, the test evaluator and the teacher; it runs no episode, so no repair statistics.
+    # Test accuracy in fp32 whatever ``amp`` trains in: the tables compare it with fp32 scores of the unpruned net.
+    options = {"split": "test", "device": device, "bn_recalibration": False, "repair": "none", "amp": "off"}
     if data_dir is not None:
         options["data_dir"] = data_dir
     task = task_for(meta, **options)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import agents.finetune as ft
 from agents.cli import main
-from agents.run_folder import RunError
+from agents.run_folder import RunError, save_pruned
 
 QUICK = dict(batch_size=64, log=lambda *_: None)
 
@@ -81,6 +81,17 @@ def test_amp_is_a_recorded_setting_and_bad_values_are_refused(checkpoint, tmp_pa
         ft.finetune(checkpoint, tmp_path / amp, epochs=1, amp="off" if amp == "bf16" else "bf16", **QUICK)
     with pytest.raises(ValueError, match="choose one of"):
         ft.finetune(checkpoint, tmp_path / "bad", epochs=1, amp="fp16", **QUICK)
+
+
+def test_test_accuracy_is_scored_in_fp32_whatever_the_training_precision(checkpoint, tmp_path, monkeypatch):
+    """The tables' Δ compares it with the unpruned net's fp32 accuracy; amp="auto" would score in bf16 on CUDA."""
+    saved = torch.load(checkpoint, weights_only=False)
+    meta = {**saved["meta"], "env_kwargs": {**saved["meta"].get("env_kwargs", {}), "amp": "bf16"}}  # searched in bf16
+    save_pruned(tmp_path / "bf16.pt", saved["model"], meta)
+    tasks, task_for = [], ft.task_for
+    monkeypatch.setattr(ft, "task_for", lambda meta, **options: tasks.append(task_for(meta, **options)) or tasks[-1])
+    result = ft.finetune(tmp_path / "bf16.pt", tmp_path / "ft", epochs=1, amp="bf16", **QUICK)
+    assert result["finetune"]["amp"] == "bf16" and tasks[0].evaluator.amp == "off" and tasks[0].evaluator.dtype is None
 
 
 def test_bn_statistics_follow_the_batches_even_from_a_cumulative_average_checkpoint(checkpoint, tmp_path):

@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
-from agents.algorithms import IMITATION_FILTER, default_imitation_elites, default_min_updates, default_self_imitation
+from agents.algorithms import (ALGORITHMS, CREDITS, EXPLORATIONS, IMITATION_FILTER, default_imitation_elites,
+                               default_min_updates, default_self_imitation)
+from agents.extractors import EMBEDDINGS
 from agents.noise import check_sigma_floor
 from agmc_env.options import KINDS
 
@@ -94,6 +96,12 @@ class SearchConfig:
             if not KINDS[kind].fits(value):
                 raise ValueError(f"{name}={value!r} must be {KINDS[kind].what}")
         check_sigma_floor(self.sigma_floor)  # before a run folder records it: make_agent would refuse it
+        # RL settings that make_agent would refuse only after the folder recorded them (searchers ignore them)
+        for name, choices in (("embedding", EMBEDDINGS), ("credit", CREDITS), ("exploration", EXPLORATIONS)):
+            if self.algo in ALGORITHMS and getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {sorted(choices)}")
+        if self.algo in ALGORITHMS and self.actor_lr is not None and not KINDS["positive number"].fits(self.actor_lr):
+            raise ValueError(f"actor_lr={self.actor_lr!r} must be a number > 0, or None (the critic's rate)")
         if self.self_imitation and self.algo == "sac":
             raise ValueError("self_imitation is for DDPG/TD3 (SAC's update is SB3's own): leave it at 0 with SAC")
         if self.imitation_elites != 1 and not self.self_imitation:

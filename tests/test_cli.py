@@ -172,6 +172,22 @@ def test_zero_episodes_from_python_never_finishes_a_run(tmp_path):
         SearchConfig("AGMCTest-Tiny-v0", warmup=-3)
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("embedding", "gcn", r"unknown embedding 'gcn'; choose one of \['amc', 'gnn'"),
+    ("credit", "final", r"unknown credit 'final'; choose one of \['episode', 'terminal'\]"),
+    ("exploration", "ou", r"unknown exploration 'ou'; choose one of \['adaptive', 'amc', 'scaled'\]"),
+    ("actor_lr", 0.0, r"actor_lr=0.0 must be a number > 0, or None"),
+])
+def test_a_python_typo_is_refused_before_it_reaches_a_run_folder(tmp_path, field, value, match):
+    """run.json records the config: a typo recorded there would make the corrected rerun 'a different run'."""
+    from agents.run_folder import SearchConfig
+    from agents.search import run_search
+
+    with pytest.raises(ValueError, match=match):
+        run_search(SearchConfig("AGMCTest-Tiny-v0", episodes=1, **{field: value}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_internal_errors_keep_their_traceback(monkeypatch):
     import agents.cli
 

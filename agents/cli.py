@@ -16,7 +16,7 @@ from agents.checkpoint_io import CheckpointFileError
 from agents.extractors import EMBEDDINGS
 from agents.run_folder import RunError, SearchConfig
 from agents.search import run_search
-from agents.searchers import SEARCHERS, run_baseline
+from agents.searchers import SEARCHERS, MissingPackage, run_baseline
 from agmc_env.checkpoints import CheckpointError
 from agmc_env.data import DataError
 from agmc_env.decisions import TraceError
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                      weight_decay=args.weight_decay, seed=args.seed, device=args.device, data_dir=args.data_dir,
                      distill=args.distill, temperature=args.temperature, alpha=args.alpha, amp=args.amp,
                      progress=not args.no_progress)
-    except (RunError, CheckpointFileError, CheckpointError, DataError, TraceError, ValueError, TypeError) as exc:
+    except (RunError, CheckpointFileError, CheckpointError, DataError, TraceError, MissingPackage, ValueError,
+            TypeError) as exc:
         print(f"agmc {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -39,6 +39,8 @@ class Searcher(ABC):
 
     #: how many proposals the searcher makes at most (None: as many as the run's episodes)
     max_episodes: int | None = None
+    #: the optional package it needs (checked before the run folder is touched)
+    package: str | None = None
 
     @abstractmethod
     def setup(self, env, seed: int) -> None:
@@ -113,6 +115,10 @@ class RandomSearcher(Searcher):
         self.rng.bit_generator.state = state["rng"]
 
 
+class MissingPackage(ImportError):
+    """A searcher's optional package is not installed (the message says how to install it)."""
+
+
 def _optional(module: str):
     """A searcher's library, or an error that says how to install it."""
     try:
@@ -120,19 +126,21 @@ def _optional(module: str):
             warnings.simplefilter("ignore", UserWarning)
             return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"this searcher needs the {module!r} package: pip install -e \".[search]\" "
-                          f"(or pip install {module})") from exc
+        raise MissingPackage(f"this searcher needs the {module!r} package: pip install -e \".[search]\" "
+                             f"(or pip install {module})") from exc
 
 
 class CMAESSearcher(Searcher):
     """CMA-ES (Hansen's ``cma`` package) over the action vector in [0, 1]^T: a population of ``popsize``
     proposals is handed out one at a time and told back as a whole (``cma`` minimises −reward)."""
 
+    package = "cma"
+
     def __init__(self, popsize: int = 10, sigma0: float = 0.25, x0: float = 0.5) -> None:
         self.popsize, self.sigma0, self.x0 = popsize, sigma0, x0
 
     def setup(self, env, seed: int) -> None:
-        cma = _optional("cma")
+        cma = _optional(self.package)
         # cma's seed 0 means "from the clock": offset it; cma samples from numpy's global RNG (saved below)
         self.es = cma.CMAEvolutionStrategy([self.x0] * env.num_decisions, self.sigma0,
                                            {"bounds": [0.0, 1.0], "popsize": self.popsize, "seed": seed + 1,
@@ -164,8 +172,10 @@ class TPESearcher(Searcher):
     """Optuna's tree-structured Parzen estimator (seeded ``TPESampler``, optuna's defaults), one float in
     [0, 1] per decision, maximising the reward through optuna's ask / tell."""
 
+    package = "optuna"
+
     def setup(self, env, seed: int) -> None:
-        optuna = _optional("optuna")
+        optuna = _optional(self.package)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.names = [f"a{t}" for t in range(env.num_decisions)]
         self.study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
@@ -196,6 +206,8 @@ def run_searcher(searcher: Searcher, config: SearchConfig, out: str | os.PathLik
     run folder and returns the best record."""
     if searcher.max_episodes is not None:
         config.episodes = min(config.episodes, searcher.max_episodes)
+    if searcher.package is not None:
+        _optional(searcher.package)  # a missing package fails before the folder is touched
     folder = RunFolder(out, config, "baseline")  # the kind whole-episode searchers' folders have always had
     folder.check(force)
     base = make_env(config.env_id, **config.env_kwargs).unwrapped  # bad options fail before the folder is touched

@@ -163,6 +163,18 @@ def test_bad_invocation_is_one_line_and_status_2(folders, argv, match, capsys):
     assert not (folders / "e0").exists() and not (folders / "dev").exists()  # refused runs leave no folder
 
 
+@pytest.mark.parametrize("method, package", [("cmaes", "cma"), ("tpe", "optuna")])
+def test_a_missing_searcher_package_says_how_to_install_it_and_writes_nothing(tmp_path, monkeypatch, capsys, method,
+                                                                               package):
+    import sys
+
+    monkeypatch.setitem(sys.modules, package, None)  # import fails as if it were not installed
+    assert main(["search", *TINY, "--algo", method, "--episodes", "2", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"needs the '{package}' package: pip install" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_zero_episodes_from_python_never_finishes_a_run(tmp_path):
     from agents.run_folder import SearchConfig
 

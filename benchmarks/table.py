@@ -114,9 +114,10 @@ class GridConfig:
 
 
 def _jpeg_weights(model: str) -> dict[str, str]:
-    """The JPEG-adapted checkpoint when $AGMC_WEIGHTS_DIR holds one (our realistic baseline here)."""
+    """The JPEG-adapted checkpoint when $AGMC_WEIGHTS_DIR holds one (our realistic baseline here), as an absolute
+    path: Ray runs each trial in its own working directory."""
     folder = os.environ.get("AGMC_WEIGHTS_DIR")
-    path = Path(folder) / f"{model}-cifar10jpeg.pt" if folder else None
+    path = (Path(folder) / f"{model}-cifar10jpeg.pt").resolve() if folder else None
     return {"weights": str(path)} if path is not None and path.is_file() else {}
 
 

@@ -1,4 +1,5 @@
-"""A table's rows: each row's settings are a valid search, and a row kept to some grids is not planned in others."""
+"""A table's rows: each row's settings are a valid search, a row kept to some grids is not planned in others, and the
+grids' weights path holds in any working directory."""
 from __future__ import annotations
 
 import pytest
@@ -22,3 +23,12 @@ def test_a_row_kept_to_some_grids_is_planned_only_there():
             planned = {p.name for p, _ in table.runs_of(config)}
             assert (m.name in planned) == (name in m.grids)
             assert (m in table.methods_of(config)) == (name in m.grids)
+
+
+def test_the_jpeg_weights_path_is_absolute_whatever_the_working_directory(tmp_path, monkeypatch):
+    """Ray runs each trial in its own working directory: a relative $AGMC_WEIGHTS_DIR would point nowhere there."""
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "resnet20-cifar10jpeg.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AGMC_WEIGHTS_DIR", "w")
+    assert table._jpeg_weights("resnet20") == {"weights": str(tmp_path / "w" / "resnet20-cifar10jpeg.pt")}

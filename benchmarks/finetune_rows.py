@@ -72,8 +72,15 @@ def pinned_best_run(folders: list[Path], root: Path) -> Path | None:
 
 
 def start_checkpoint(source: Path, repair: str, path: Path, log=print) -> Path:
-    """The source run's best policy replayed with ``repair``, saved as a pruned checkpoint (once)."""
+    """The source run's best policy replayed with ``repair``, saved as a pruned checkpoint (once). One made from
+    another run (the best search re-chosen) is refused: rows resuming from it would mix two policies."""
     if path.exists():
+        import torch
+
+        made_from = Path(torch.load(path, weights_only=False)["meta"].get("replayed_from", "?")).name
+        if made_from != source.name:
+            raise FileExistsError(f"{path} replays {made_from}'s policy, not {source.name}'s: delete it and the rows "
+                                  f"fine-tuned from it ({path.parent.parent}/*-e*) to start them from {source.name}")
         return path
     from agents.envs import make_env
     from agents.run_folder import save_pruned

@@ -42,6 +42,9 @@ def test_a_start_replays_the_runs_best_policy(runs, tmp_path):
     assert meta["accuracy"] == best["accuracy"] and meta["flops_ratio"] == pytest.approx(best["flops_ratio"])
     unrepaired = fr.start_checkpoint(runs / "random-s0", "none", tmp_path / "n.pt", log=lambda *_: None)
     assert torch.load(unrepaired, weights_only=False)["meta"]["env_kwargs"]["repair"] == "none"
+    assert fr.start_checkpoint(runs / "random-s0", "none", tmp_path / "n.pt") == unrepaired  # made once
+    with pytest.raises(FileExistsError, match="replays random-s0's policy, not random-s1's: delete it"):
+        fr.start_checkpoint(runs / "random-s1", "none", tmp_path / "n.pt")  # the best search was chosen again
 
 
 def test_a_row_runs_once_and_reports_its_epochs(runs, tmp_path):

@@ -32,6 +32,7 @@ fine-grained pruning removes no channel, so there is no consumer to refit.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,9 +47,8 @@ if TYPE_CHECKING:
     from agmc_env.pipeline import EpisodeEnd
     from agmc_env.task import PruningTask
 
-REPAIRS = ("none", "lstsq")
 RIDGE = 1e-3  # λ as a fraction of the mean diagonal of the kept Gram block
-MAX_FEATURES = 8192  # a consumer with more unfolded inputs (a Gram over 256 MiB) is left unrepaired, and named
+MAX_FEATURES = 8192  # a consumer with more unfolded inputs (a Gram over 256 MiB) is left unrepaired, with a warning
 UNFOLD_BYTES = 256 * 2**20  # images per statistics batch: the largest consumer's unfolded input stays under this
 
 
@@ -142,6 +142,9 @@ class LstsqRepair:
                 self.skipped[c.target] = f"{width} unfolded inputs > {MAX_FEATURES}"
             else:
                 self.consumers.append(c)
+        if self.skipped:
+            warnings.warn(f"repair='lstsq' leaves {len(self.skipped)} layer(s) unrepaired, too wide for a Gram matrix: "
+                          + "; ".join(f"{name} ({why})" for name, why in self.skipped.items()), stacklevel=2)
         self._collect(images)
         self.build_s = time.perf_counter() - start
 

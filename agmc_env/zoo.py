@@ -36,7 +36,6 @@ class ModelPreset:
 @dataclass(frozen=True)
 class DatasetPreset:
     load: Callable[..., ImageDataset | ImageFolderDataset]  # (data_dir, download) → dataset
-    input_shape: tuple[int, int, int]
 
 
 def _torchvision(name: str, weights: str = "DEFAULT") -> ModelPreset:
@@ -66,8 +65,8 @@ MODELS: dict[str, ModelPreset] = {
 }
 
 DATASETS: dict[str, DatasetPreset] = {
-    "cifar10": DatasetPreset(load_cifar10, (3, 32, 32)),
-    "imagenet": DatasetPreset(load_imagenet, (3, 224, 224)),
+    "cifar10": DatasetPreset(load_cifar10),
+    "imagenet": DatasetPreset(load_imagenet),
 }
 
 
@@ -89,10 +88,6 @@ def _choice(name: str, table: dict, what: str):
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = False) -> ImageDataset:
     return _choice(name, DATASETS, "dataset").load(data_dir, download)
-
-
-def input_shape(name: str) -> tuple[int, int, int]:
-    return _choice(name, DATASETS, "dataset").input_shape
 
 
 def default_dataset(model: str) -> str:

@@ -172,6 +172,20 @@ def test_keep_all_is_bit_identical_to_no_repair():
         assert torch.equal(with_repair.pruned_model()(x), without.pruned_model()(x))
 
 
+def test_a_consumer_too_wide_for_a_gram_matrix_is_named_in_a_warning(monkeypatch):
+    """A VGG16's Linear(25088, …) after flatten reads a pruned conv's channels but is not refitted: say so."""
+    import agmc_env.repair
+
+    torch.manual_seed(0)
+    model = randomise_bn(cifar_resnet(14))
+    images = torch.randn(8, 3, 16, 16)
+    analysis = analyse(model, images[:1])
+    monkeypatch.setattr(agmc_env.repair, "MAX_FEATURES", 16 * 9 - 1)  # the 16-channel 3×3 consumers are too wide
+    with pytest.warns(UserWarning, match=r"leaves \d+ layer\(s\) unrepaired, too wide .*layer1\.0\.conv2 \(144 unfolded"):
+        repair = LstsqRepair(analysis, Pruner(analysis), images)
+    assert "layer1.0.conv2" in repair.skipped and all(c.target not in repair.skipped for c in repair.consumers)
+
+
 def test_singular_statistics_stay_finite():
     torch.manual_seed(0)
     model = randomise_bn(cifar_resnet(14))

@@ -152,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("baseline", help="a whole-episode searcher (uniform, random, cmaes, tpe) through the same wall")
     b.add_argument("env_id", type=_env_id)
     b.add_argument("--method", choices=sorted(SEARCHERS), required=True)
-    b.add_argument("--episodes", type=_kind("positive int"), default=300, help="evaluations for --method random")
+    b.add_argument("--episodes", type=_kind("positive int"), default=300, help="evaluations for random, cmaes and tpe (uniform makes one)")
     _add_run_options(b)
 
     e = sub.add_parser("evaluate", help="accuracy, MACs, params and latency of a pruned checkpoint")

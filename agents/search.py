@@ -140,7 +140,8 @@ def _check_algorithm(ckpt: dict[str, Any], config: SearchConfig, folder: RunFold
 
 def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = False, progress: bool = True,
                device: str = "auto") -> dict[str, Any]:
-    """Run (or resume) a search; returns the best episode's record."""
+    """Run (or resume) a search; returns the best episode's record. The agent runs on ``device``; "auto": the
+    env's device (its ``device`` option), so ``--device cpu`` on a CUDA machine keeps both on the CPU."""
     if config.algo not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {config.algo!r}; choose one of {sorted(ALGORITHMS)}")
     folder = RunFolder(out, config)
@@ -149,6 +150,8 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
     env = make_env(config.env_id, **config.env_kwargs)  # a bad option fails here, before the folder is touched
     resume = folder.prepare(force)
     folder.check_task(env.unwrapped.task.options)
+    if device == "auto":
+        device = env.unwrapped.task.device
     vec = DummyVecEnv([lambda: env])
     T = env.unwrapped.num_decisions
     if resume:

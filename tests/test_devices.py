@@ -1,5 +1,5 @@
 """The CUDA-dependent choices, checked without a GPU (CI has none): device resolution, per-device batches,
-precision, and a clear refusal when CUDA is asked for but absent."""
+precision, the agent on the env's device, and a clear refusal when CUDA is asked for but absent."""
 from __future__ import annotations
 
 import pytest
@@ -11,8 +11,24 @@ from agmc_env.evaluate import CALIB_BATCH, CPU_BATCH, CUDA_BATCH, Evaluator, res
 
 def test_auto_picks_cuda_when_present(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("auto").type == "cuda"
     assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match="device='cuda:2': this machine has 2 CUDA device\\(s\\); use 'cuda' or"):
+        resolve_device("cuda:2")
+
+
+def test_the_agent_runs_on_the_envs_device(tmp_path, monkeypatch):
+    """``--device cpu`` on a CUDA machine: SB3's "auto" would have put the agent on the GPU."""
+    import agents.search
+    from agents.run_folder import SearchConfig
+
+    devices, make_agent = [], agents.search.make_agent
+    monkeypatch.setattr(agents.search, "make_agent",
+                        lambda *args, **kwargs: devices.append(kwargs["device"]) or make_agent(*args, **kwargs))
+    config = SearchConfig("AGMCTest-Tiny-v0", episodes=2, warmup=1, env_kwargs={"device": "cpu"})
+    agents.search.run_search(config, tmp_path / "run", progress=False)
+    assert devices == [torch.device("cpu")]
 
 
 def test_cuda_asked_for_but_absent_is_refused(monkeypatch):

@@ -109,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="an SB3 agent (ddpg, td3, sac) or a whole-episode searcher (cmaes, tpe, random, uniform)")
     s.add_argument("--embedding", choices=sorted(EMBEDDINGS), default="gnn")
     s.add_argument("--episodes", type=_kind("positive int"), default=300)
-    s.add_argument("--warmup", type=_kind("count"), default=25, help="episodes of random actions before learning (uniform; DDPG/TD3 add one draw of the initial exploration noise, clipped)")
+    s.add_argument("--warmup", type=_kind("count"), default=25, help="episodes of random actions before learning "
+                   "(uniform; DDPG/TD3 add one draw of the initial exploration noise, clipped)")
     # RL defaults: AMC's released code, chosen on the reward split (benchmarks/results/search_settings_*.md)
     s.add_argument("--reward-baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="subtract AMC's moving-average reward baseline (default on)")
@@ -184,9 +185,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `agmc search` options that only the RL agents read
+RL_OPTIONS = ("embedding", "warmup", "reward_baseline", "credit", "exploration", "actor_lr", "updates_per_step",
+              "min_updates_per_episode", "sigma_floor", "reward_scale", "self_imitation", "imitation_elites",
+              "imitation_filter", "gamma", "applied_actions")
+
+
+def _ignored_rl_options(args: argparse.Namespace) -> str | None:
+    """A whole-episode searcher given RL settings would silently run without them: say so instead."""
+    if args.command != "search" or args.algo not in SEARCHERS:
+        return None
+    defaults = _parser().parse_args(["search", args.env_id, "--out", args.out])
+    given = [f"--{name.replace('_', '-')}" for name in RL_OPTIONS if getattr(args, name) != getattr(defaults, name)]
+    return (f"{', '.join(given)}: RL settings, which --algo {args.algo} (a whole-episode searcher) ignores; drop them "
+            f"or choose --algo {', '.join(sorted(ALGORITHMS))}") if given else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    problem = _out_problem(args.out) if getattr(args, "out", None) else None
+    problem = (_out_problem(args.out) if getattr(args, "out", None) else None) or _ignored_rl_options(args)
     if problem:
         print(f"agmc {args.command}: error: {problem}", file=sys.stderr)
         return 2

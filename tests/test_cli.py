@@ -175,6 +175,15 @@ def test_a_missing_searcher_package_says_how_to_install_it_and_writes_nothing(tm
     assert not (tmp_path / "run").exists()
 
 
+def test_rl_settings_given_to_a_whole_episode_searcher_are_refused(tmp_path, capsys):
+    argv = ["search", *TINY, "--algo", "cmaes", "--episodes", "2", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--embedding", "gnn-lstm", "--no-reward-baseline"]) == 2
+    err = capsys.readouterr().err
+    assert "--embedding, --reward-baseline: RL settings, which --algo cmaes (a whole-episode searcher) ignores" in err
+    assert not (tmp_path / "run").exists()
+    assert main([*argv, "--embedding", "gnn"]) == 0  # a default, spelled out, is no setting
+
+
 def test_zero_episodes_from_python_never_finishes_a_run(tmp_path):
     from agents.run_folder import SearchConfig
 

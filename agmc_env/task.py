@@ -8,6 +8,7 @@ A task is never changed by an episode: each episode prunes a fresh copy of the a
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -70,6 +71,14 @@ class PruningTask:
 
     def _load(self, opts: dict[str, Any]) -> tuple[ImageDataset | ImageFolderDataset, nn.Module]:
         model, dataset, weights = opts["model"], opts["dataset"], opts["weights"]
+        if not isinstance(model, (str, nn.Module)):
+            raise TypeError(f"model={model!r} must be a preset or torchvision model name (str) or an nn.Module")
+        if not (dataset is None or isinstance(dataset, (str, ImageDataset, ImageFolderDataset))):
+            raise TypeError(f"dataset={dataset!r} must be 'cifar10', 'imagenet', an agmc_env.data.ImageDataset or an "
+                            "agmc_env.imagefolder.ImageFolderDataset (None: the model preset's)")
+        if not (weights is None or weights is False or isinstance(weights, (str, os.PathLike))):
+            raise TypeError(f"weights={weights!r} must be a checkpoint path, None (the preset's checkpoint, or the "
+                            "module's own weights) or False (random init)")
         if isinstance(model, str):
             dataset = zoo.default_dataset(model) if dataset is None else dataset
         dataset = "cifar10" if dataset is None else dataset

@@ -156,6 +156,9 @@ BAD_OPTIONS = [
     ({"model": _Output("tuple")}, r"model _Output returned a tuple, not a tensor; it must return logits \[batch, 10\]"),
     ({"model": _Output("dict")}, r"model _Output returned a dict, not a tensor"),
     ({"model": _Output("feature_map")}, r"model _Output returned shape \(2, 3, 16, 16\)"),
+    ({"model": 123}, r"model=123 must be a preset or torchvision model name \(str\) or an nn.Module"),
+    ({"dataset": 42}, r"dataset=42 must be 'cifar10', 'imagenet', an agmc_env.data.ImageDataset"),
+    ({"weights": True}, r"weights=True must be a checkpoint path, None \(the preset's checkpoint"),
 ]
 
 

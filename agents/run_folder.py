@@ -16,6 +16,8 @@ import csv
 import io
 import json
 import os
+import socket
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +143,15 @@ def save_pruned(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Non
     atomic_write(Path(path), buf.getvalue())
 
 
+def _lock_owner(lock: Path) -> tuple[int | None, str | None]:
+    """(pid, host) of a ``.lock`` ("PID HOST"; locks written before the host was recorded hold the pid alone)."""
+    try:
+        pid, _, host = lock.read_text().strip().partition(" ")
+        return int(pid), host or None
+    except (OSError, ValueError):
+        return None, None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -220,17 +231,19 @@ class RunFolder:
         return False
 
     def _claim(self) -> None:
-        """Mark the folder as this process's (``.lock`` holds its pid): two processes on one run folder would
-        interleave their logs. A lock whose process is gone (killed, finished) is taken over."""
-        lock = self.path(LOCK)
-        try:
-            pid = int(lock.read_text())
-        except (OSError, ValueError):
-            pid = None
-        if pid is not None and pid != os.getpid() and _alive(pid):
+        """Mark the folder as this process's (``.lock`` holds its pid and host): two processes on one run folder
+        would interleave their logs. A lock whose process is gone (killed, finished) is taken over. A lock from
+        another host (a run folder on a shared disk, a Ray trial retried on another node) cannot be checked from
+        here: it is taken over with a warning, since a trial is retried only after its process died."""
+        lock, here = self.path(LOCK), socket.gethostname()
+        pid, host = _lock_owner(lock)
+        if pid is not None and host not in (None, here):
+            warnings.warn(f"{self.out} was last written by pid {pid} on {host}; taking it over from {here} (if that "
+                          "process still runs, stop it: two writers would interleave the run's logs)", stacklevel=2)
+        elif pid is not None and pid != os.getpid() and _alive(pid):
             raise RunError(f"{self.out} is being written by another process (pid {pid}); wait for it, stop it, or "
                            f"choose another --out (delete {lock} if that process is not a search)")
-        atomic_write(lock, str(os.getpid()).encode())
+        atomic_write(lock, f"{os.getpid()} {here}".encode())
 
     def check_task(self, options: dict[str, Any]) -> None:
         """Record the env's resolved options the first time; refuse to continue a run whose options resolve

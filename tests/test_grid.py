@@ -60,7 +60,7 @@ def _kill_one_mid_run(runs: Path, episodes: int, killed: dict, stop: threading.E
     while not stop.is_set() and not killed:
         for lock in runs.glob("*/*/.lock"):
             try:
-                pid = int(lock.read_text())
+                pid = int(lock.read_text().split()[0])
                 rows = len(_rows(lock.parent / "episodes.csv", set()))
             except (OSError, ValueError):
                 continue

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -166,3 +167,14 @@ def test_two_processes_never_write_one_run_folder(tmp_path):
         other.wait()
     run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=0, progress=False)  # its owner is gone
     assert not (tmp_path / ".lock").exists()  # released when the run finishes
+
+
+def test_a_lock_from_another_host_is_taken_over_with_a_warning(tmp_path):
+    """A run folder on a shared disk, its Ray trial retried on another node: that host's pid means nothing here."""
+    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=2, seed=0, progress=False)
+    run = json.loads((tmp_path / "run.json").read_text())
+    run["finished"] = False
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / ".lock").write_text(f"{os.getpid()} node-that-died")  # a pid alive here, but on another host
+    with pytest.warns(UserWarning, match="last written by pid .* on node-that-died; taking it over"):
+        run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=0, progress=False)

@@ -472,7 +472,7 @@ def _adam_kwargs(device: str) -> dict[str, Any]:
 def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, warmup: int = 25, seed: int = 0,
                reward_baseline: bool = True, credit: str = "episode", exploration: str = "scaled",
                learning_rate: float = 1e-3, actor_lr: float | None = 1e-4, updates_per_step: int = 1,
-               min_updates_per_episode: int | None = None,
+               min_updates_per_episode: int | None = None, warmup_noise: bool = True,
                reward_scale: bool = False, self_imitation: float | None = None, imitation_elites: int | None = None,
                applied_actions: bool = False, gamma: float = 1.0, imitation_filter: bool | None = None,
                sigma_floor: float = SCALED_FLOOR / 2, batch_size: int = 64,
@@ -517,7 +517,10 @@ def make_agent(algo: str, env, *, embedding: str = "gnn", episodes: int = 300, w
                          "SB3's own)")
     model.actor_lr, model.updates_per_step, model.applied_actions = actor_lr, updates_per_step, applied_actions
     model.min_updates_per_episode = min_updates_per_episode
+    if not warmup_noise and algo == "sac":
+        raise ValueError("warmup_noise=False has no effect with SAC (its warm-up is uniform already): leave it on")
     if algo != "sac":
+        model.warmup_noise = bool(warmup_noise)
         model.self_imitation = float(self_imitation)
         model.imitation_filter = IMITATION_FILTER if imitation_filter is None else bool(imitation_filter)
     return model

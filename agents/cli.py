@@ -110,7 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--embedding", choices=sorted(EMBEDDINGS), default="gnn")
     s.add_argument("--episodes", type=_kind("positive int"), default=300)
     s.add_argument("--warmup", type=_kind("count"), default=25, help="episodes of random actions before learning "
-                   "(uniform; DDPG/TD3 add one draw of the initial exploration noise, clipped)")
+                   "(uniform; DDPG/TD3 add one draw of the initial exploration noise, clipped: --warmup-noise)")
+    s.add_argument("--warmup-noise", action=argparse.BooleanOptionalAction, default=True,
+                   help="DDPG/TD3: add one draw of the initial exploration noise (σ 0.5 on [0, 1]) to the warm-up's "
+                   "uniform actions and clip, so ~39 %% of them sit on a bound (default on: every committed run); "
+                   "--no-warmup-noise: uniform, as AMC's code")
     # RL defaults: AMC's released code, chosen on the reward split (benchmarks/results/search_settings_*.md)
     s.add_argument("--reward-baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="subtract AMC's moving-average reward baseline (default on)")
@@ -188,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
 # `agmc search` options that only the RL agents read
 RL_OPTIONS = ("embedding", "warmup", "reward_baseline", "credit", "exploration", "actor_lr", "updates_per_step",
               "min_updates_per_episode", "sigma_floor", "reward_scale", "self_imitation", "imitation_elites",
-              "imitation_filter", "gamma", "applied_actions")
+              "imitation_filter", "gamma", "applied_actions", "warmup_noise")
 
 
 def _ignored_rl_options(args: argparse.Namespace) -> str | None:
@@ -222,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                                       args.reward_baseline, _env_kwargs(args), args.credit, args.exploration,
                                       args.actor_lr, args.updates_per_step, args.sigma_floor, args.reward_scale,
                                       args.self_imitation, args.applied_actions, args.imitation_elites,
-                                      args.gamma, args.imitation_filter, args.min_updates_per_episode)
+                                      args.gamma, args.imitation_filter, args.min_updates_per_episode,
+                                      args.warmup_noise)
                 best = run_search(config, args.out, force=args.force, progress=not args.no_progress)
             print(json.dumps({k: best[k] for k in ("episode", "accuracy", "flops_ratio", "params_ratio")}))
         elif args.command == "evaluate":

@@ -107,11 +107,14 @@ class AMCNoise(ActionNoise):
 class TruncatedNormalExploration:
     """Mixin for SB3 off-policy algorithms: replaces additive noise by AMC's truncated normal."""
 
+    warmup_noise: bool = True  # agents saved before the option added the noise in the warm-up
+
     def _sample_action(self, learning_starts, action_noise=None, n_envs=1):
-        # During the warm-up SB3 draws a uniform action and adds ``action_noise()``, here N(0, σ₀ = 1 in SB3's
-        # [-1, 1] units), clipped: ~39 % of warm-up actions land on a bound. Every committed run explored so; AMC's
-        # code draws uniform actions (not compared yet).
-        if not isinstance(action_noise, AMCNoise) or self.num_timesteps < learning_starts:
+        if self.num_timesteps < learning_starts:
+            # SB3 draws a uniform action and adds ``action_noise()``, here N(0, σ₀ = 1 in SB3's [-1, 1] units), and
+            # clips: ~39 % of warm-up actions land on a bound. ``warmup_noise=False``: uniform only, as AMC's code.
+            return super()._sample_action(learning_starts, action_noise if self.warmup_noise else None, n_envs)
+        if not isinstance(action_noise, AMCNoise):
             return super()._sample_action(learning_starts, action_noise, n_envs)
         mean, _ = self.predict(self._last_obs, deterministic=True)
         action_noise.episodes = self._episode_num

@@ -45,7 +45,7 @@ class RunError(RuntimeError):
 LEGACY = {"credit": "terminal", "exploration": "amc", "actor_lr": None, "updates_per_step": 1,
           "sigma_floor": 0.05, "reward_scale": False, "self_imitation": 0.0,
           "applied_actions": False, "imitation_elites": 1, "gamma": 1.0,
-          "min_updates_per_episode": 0}
+          "min_updates_per_episode": 0, "warmup_noise": True}
 # imitation_filter, for a run recorded before it existed: on (Q-filtered) with self-imitation, else None (no meaning).
 
 
@@ -79,6 +79,8 @@ class SearchConfig:
     imitation_filter: bool | None = None
     # RL: a floor on the gradient steps per episode (None: DDPG 27, ResNet-56's one per transition; TD3/SAC 0)
     min_updates_per_episode: int | None = None
+    # DDPG/TD3: the warm-up's uniform actions plus one draw of the initial noise, clipped (False: uniform, AMC's)
+    warmup_noise: bool = True
 
     def __post_init__(self) -> None:
         if self.self_imitation is None:  # resolved here: the run folder records the value the run used
@@ -109,6 +111,8 @@ class SearchConfig:
         if self.imitation_elites != 1 and not self.self_imitation:
             raise ValueError(f"imitation_elites={self.imitation_elites} has no effect without self-imitation: "
                              "give a self_imitation weight > 0 (DDPG's default) or leave imitation_elites at 1")
+        if not self.warmup_noise and self.algo == "sac":
+            raise ValueError("warmup_noise=False has no effect with SAC (its warm-up is uniform already): leave it on")
         if self.imitation_filter is not None and not self.self_imitation:
             raise ValueError(f"imitation_filter={self.imitation_filter} has no effect without self-imitation: give a "
                              "self_imitation weight > 0 (DDPG's default) or leave imitation_filter unset")

@@ -181,6 +181,7 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
                            credit=config.credit, exploration=config.exploration, actor_lr=config.actor_lr,
                            updates_per_step=config.updates_per_step,
                            min_updates_per_episode=config.min_updates_per_episode, sigma_floor=config.sigma_floor,
+                           warmup_noise=config.warmup_noise,
                            reward_scale=config.reward_scale, self_imitation=config.self_imitation,
                            imitation_elites=config.imitation_elites, applied_actions=config.applied_actions,
                            imitation_filter=config.imitation_filter,

@@ -267,16 +267,26 @@ def test_gamma_is_the_agents_discount_and_a_number_in_the_unit_interval():
             SearchConfig("AGMCTest-Tiny-v0", gamma=bad)
 
 
-@pytest.mark.parametrize("algo, on_bounds", [("ddpg", (0.25, 0.55)), ("sac", (0.0, 0.0))])
-def test_warm_up_actions_are_uniform_plus_ddpgs_initial_noise_clipped(algo, on_bounds):
+@pytest.mark.parametrize("algo, noise, on_bounds", [("ddpg", True, (0.25, 0.55)), ("td3", False, (0.0, 0.0)),
+                                                    ("sac", True, (0.0, 0.0))])
+def test_warm_up_actions_are_uniform_plus_ddpgs_initial_noise_clipped(algo, noise, on_bounds):
     """What the README says of the warm-up: SAC's actions are SB3's uniform draws; DDPG/TD3 add one draw of the
-    initial noise (σ 1 in SB3's units) and clip, which puts ~39 % of them on a bound."""
+    initial noise (σ 1 in SB3's units) and clip, which puts ~39 % of them on a bound, unless warmup_noise=False."""
     env = tiny_env()
     T = env.num_decisions
-    model = make_agent(algo, DummyVecEnv([lambda: env]), embedding="amc", episodes=40, warmup=40, seed=0)
+    model = make_agent(algo, DummyVecEnv([lambda: env]), embedding="amc", episodes=40, warmup=40, seed=0,
+                       warmup_noise=noise)
     model.set_logger(configure(None, []))
     model.learn(total_timesteps=40 * T)  # warm-up only: no gradient step
     actions = model.replay_buffer.actions[:40 * T].reshape(-1)
     share = float(np.mean(np.abs(actions) == 1.0))
     assert on_bounds[0] <= share <= on_bounds[1], share
     assert np.all(np.abs(actions) <= 1.0)
+
+
+def test_uniform_warm_up_is_refused_where_it_changes_nothing():
+    with pytest.raises(ValueError, match="warmup_noise=False has no effect with SAC"):
+        SearchConfig("AGMCTest-Tiny-v0", algo="sac", warmup_noise=False)
+    older = {k: v for k, v in SearchConfig("AGMCTest-Tiny-v0").identity().items() if k != "warmup_noise"}
+    assert SearchConfig("AGMCTest-Tiny-v0").same_run(older)  # a folder from before the option: it had the noise
+    assert not SearchConfig("AGMCTest-Tiny-v0", warmup_noise=False).same_run(older)

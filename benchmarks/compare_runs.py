@@ -40,8 +40,11 @@ def row(name: str, folders: list[Path]) -> str:
     val = [b["accuracy"] for b in best]
     test = [test_accuracy(f) for f in folders]
     rl = run.get("embedding", "none") != "none"  # the RL settings mean nothing to a whole-episode searcher
-    keys = [f.name for f in dataclasses.fields(SearchConfig) if f.name not in NOT_SETTINGS] if rl else ["algo"]
-    settings = {k: run.get(k) for k in keys if run.get(k) not in (None, False)}
+    fields = {f.name: f.default for f in dataclasses.fields(SearchConfig) if f.name not in NOT_SETTINGS}
+    keys = list(fields) if rl else ["algo"]
+    # "off" flags are left out, unless off is not the flag's default (warmup_noise=False)
+    settings = {k: run.get(k) for k in keys
+                if run.get(k) not in (None, False) or (run.get(k) is False and fields.get(k) is not False)}
     seeds = ", ".join(f"s{b['seed']}: {100 * v:.1f}" for b, v in zip(best, val))
     return (f"| {name} | `{json.dumps(settings)}` | {len(folders)} | {_fmt(val, 100)} ({seeds}) | "
             f"{_fmt([b['episode'] + 1 for b in best], digits=0)} | {min(b['flops_ratio'] for b in best):.4f}–"

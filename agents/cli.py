@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -157,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("baseline", help="a whole-episode searcher (uniform, random, cmaes, tpe) through the same wall")
     b.add_argument("env_id", type=_env_id)
     b.add_argument("--method", choices=sorted(SEARCHERS), required=True)
-    b.add_argument("--episodes", type=_kind("positive int"), default=300, help="evaluations for random, cmaes and tpe (uniform makes one)")
+    b.add_argument("--episodes", type=_kind("positive int"), default=300,
+                   help="evaluations for random, cmaes and tpe (uniform makes one)")
     _add_run_options(b)
 
     e = sub.add_parser("evaluate", help="accuracy, MACs, params and latency of a pruned checkpoint")
@@ -189,10 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# `agmc search` options that only the RL agents read
-RL_OPTIONS = ("embedding", "warmup", "reward_baseline", "credit", "exploration", "actor_lr", "updates_per_step",
-              "min_updates_per_episode", "sigma_floor", "reward_scale", "self_imitation", "imitation_elites",
-              "imitation_filter", "gamma", "applied_actions", "warmup_noise")
+# `agmc search` options that only the RL agents read: every SearchConfig field but the run's task, length and seed
+RL_OPTIONS = tuple(f.name for f in dataclasses.fields(SearchConfig)
+                   if f.name not in ("env_id", "algo", "episodes", "seed", "env_kwargs"))
 
 
 def _ignored_rl_options(args: argparse.Namespace) -> str | None:

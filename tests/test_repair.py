@@ -181,7 +181,8 @@ def test_a_consumer_too_wide_for_a_gram_matrix_is_named_in_a_warning(monkeypatch
     images = torch.randn(8, 3, 16, 16)
     analysis = analyse(model, images[:1])
     monkeypatch.setattr(agmc_env.repair, "MAX_FEATURES", 16 * 9 - 1)  # the 16-channel 3×3 consumers are too wide
-    with pytest.warns(UserWarning, match=r"leaves \d+ layer\(s\) unrepaired, too wide .*layer1\.0\.conv2 \(144 unfolded"):
+    too_wide = r"leaves \d+ layer\(s\) unrepaired, too wide .*layer1\.0\.conv2 \(144 unfolded"
+    with pytest.warns(UserWarning, match=too_wide):
         repair = LstsqRepair(analysis, Pruner(analysis), images)
     assert "layer1.0.conv2" in repair.skipped and all(c.target not in repair.skipped for c in repair.consumers)
 

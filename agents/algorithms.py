@@ -8,15 +8,15 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
   1e-4 (actor), as AMC;
 - replay buffer = episodes × decisions transitions (the whole search; SB3's 1e6 default would reserve
   tens of GB for graph observations);
-- warm-up episodes of random actions (``learning_starts`` = warm-up × T: SB3's uniform draw, to which DDPG/TD3 add
-  one draw of the initial exploration noise, clipped to the bounds: see ``TruncatedNormalExploration``), then at each
+- warm-up episodes of random actions (``learning_starts`` = warm-up × T: SB3's uniform draw, to which DDPG/TD3 add one
+  draw of the initial exploration noise, clipped to the bounds: see ``TruncatedNormalExploration``), then at each
   episode end (``train_freq=(1, "episode")``, ``gradient_steps=-1``) ``updates_per_step`` gradient steps (default 1,
-  AMC's) per collected transition, and at least ``min_updates_per_episode`` in all (DDPG's default ``MIN_UPDATES_PER_EPISODE``
-  = 27, ResNet-56's one per transition: a short episode gets as many updates per evaluated network as ResNet-56's;
-  ResNet-20, 9 decisions, gets 3 per transition). On ResNet-20 it raised GNN+DDPG's best reward-split accuracy from
-  78.73 ± 0.25 to 79.70 ± 0.36 %, every seed higher (search_settings_r20_round11.md); on ResNet-56 three steps per
-  transition (81 per episode) were not better (search_settings_r56_round5.md), and the floor leaves it as it was.
-  TD3 and SAC keep 0 (AMC's one per transition) until measured;
+  AMC's) per collected transition, and at least ``min_updates_per_episode`` in all (DDPG's default
+  ``MIN_UPDATES_PER_EPISODE`` = 27, ResNet-56's one per transition: a short episode gets as many updates per evaluated
+  network as ResNet-56's; ResNet-20, 9 decisions, gets 3 per transition). On ResNet-20 it raised GNN+DDPG's best
+  reward-split accuracy from 78.73 ± 0.25 to 79.70 ± 0.36 %, every seed higher (search_settings_r20_round11.md); on
+  ResNet-56 three steps per transition (81 per episode) were not better (search_settings_r56_round5.md), and the floor
+  leaves it as it was. TD3 and SAC keep 0 (AMC's one per transition) until measured;
 - DDPG/TD3 explore with AMC's truncated normal, σ 0.5 on [0, 1] after warm-up; ``exploration="scaled"``
   decays it so it reaches its floor (``sigma_floor``, 0.05) at 2/3 of the episodes, ``"amc"`` by ×0.95 per
   episode (≈ 0 after ~100 episodes whatever the search length), ``"adaptive"`` by the 1/5th success rule of

@@ -29,6 +29,7 @@ and the other layer types, take the generic PyG path.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -237,8 +238,9 @@ class _Unrolled:
     holds Â's weights between the ids; :meth:`readout` maps the last ids to the rows of a part of the batch,
     with the masks and means folded into the weights."""
 
-    _recent: list[_Unrolled] = []  # the batches most recently unrolled, newest first
-    _joint: list[torch.Tensor] = []  # the tensors last marked with joint()
+    # Per Python thread: the batches it unrolled most recently (newest first) and the tensors it last marked with
+    # joint(). A thread that prepares batches ahead (agents.prefetch) hands both over with handover() / adopt().
+    _local = threading.local()
 
     def __init__(self, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
                  num_decisions: int | None) -> None:
@@ -315,7 +317,14 @@ class _Unrolled:
     def joint(cls, *tensors: torch.Tensor) -> None:
         """Mark tensors (one per observation key the unroll reads: ``x``, ``decision_nodes``) whose row ranges are
         handed over as separate batches: each range's encoder call then reuses one unroll of the whole tensor."""
-        cls._joint = list(tensors)
+        cls._local.joint = list(tensors)
+
+    @classmethod
+    def recent(cls) -> list[_Unrolled]:
+        """This thread's most recently unrolled batches, newest first."""
+        if not hasattr(cls._local, "recent"):
+            cls._local.recent = []
+        return cls._local.recent
 
     @classmethod
     def of(cls, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
@@ -324,26 +333,38 @@ class _Unrolled:
         a gradient step uses one (observations, next observations and the best episode as ranges of one marked
         tensor) or two, SAC's in the order obs, next, next, obs, obs. The cache keeps the tensors alive and checks
         their versions, so a tensor changed in place is unrolled again."""
-        ranges, rows = (_rows_of(x, cls._joint), _rows_of(decision_nodes, cls._joint)), None
+        joint = getattr(cls._local, "joint", [])
+        ranges, rows = (_rows_of(x, joint), _rows_of(decision_nodes, joint)), None
         if None not in ranges and ranges[0][1:] == ranges[1][1:]:
             (x, *rows), (decision_nodes, *_) = ranges
             rows = tuple(rows)
         key = (x._version, decision_nodes._version, layers, num_decisions)
-        for unrolled in cls._recent:
+        for unrolled in cls.recent():
             if unrolled.inputs[0] is x and unrolled.inputs[1] is decision_nodes and unrolled.key == key \
                     and unrolled.topo.same_graph(topo):
                 return unrolled, unrolled.readout(rows)
         unrolled = cls(x, decision_nodes, topo, layers, num_decisions)
         unrolled.inputs, unrolled.key, unrolled.topo = (x, decision_nodes), key, topo
-        cls._recent = [unrolled] + cls._recent[:1]
+        cls._local.recent = [unrolled] + cls.recent()[:1]
         return unrolled, unrolled.readout(rows)
 
 
 def gathered_together(*tensors: torch.Tensor) -> None:
     """Say that row ranges of these tensors (e.g. a replay batch's ``x`` and ``decision_nodes`` for observations,
     next observations and demonstrations) will be handed over as separate batches: the graph extractor then
-    unrolls each tensor once for all of them. Only the last call's tensors are remembered."""
+    unrolls each tensor once for all of them. Only the calling thread's last call's tensors are remembered."""
     _Unrolled.joint(*tensors)
+
+
+def handover() -> tuple[list[torch.Tensor], list[_Unrolled]]:
+    """The calling thread's marked tensors and recent unrolls, for :func:`adopt` in the thread that will run the
+    forward passes on the batches it prepared."""
+    return list(getattr(_Unrolled._local, "joint", [])), list(_Unrolled.recent())
+
+
+def adopt(state: tuple[list[torch.Tensor], list[_Unrolled]]) -> None:
+    """Make another thread's :func:`handover` the calling thread's own."""
+    _Unrolled._local.joint, _Unrolled._local.recent = list(state[0]), list(state[1])
 
 
 class GraphEncoderExtractor(BaseFeaturesExtractor):
@@ -395,6 +416,21 @@ class GraphEncoderExtractor(BaseFeaturesExtractor):
                 topo = self._topology = _Topology(obs, keys, self.convs[0],
                                                   self.num_decisions if self.decoder == "lstm" else None)
         return topo
+
+    def unroll(self, obs: dict[str, torch.Tensor], backward: bool = True) -> None:
+        """Unroll ``obs``'s batch ahead of its forward passes, reading no weight (so another thread may do it while
+        this one trains); with ``backward`` also the transposes its backward passes use. Forward passes on the same
+        tensors, in this thread or one that :func:`adopt`-s its :func:`handover`, then reuse it. No-op off the
+        shared-graph path."""
+        topo = self._shared_topology(obs) if self.fast else None
+        if topo is None:
+            return
+        unrolled, readout = _Unrolled.of(obs["x"], obs["decision_nodes"], topo, len(self.convs),
+                                         self.num_decisions if self.decoder == "lstm" else None)
+        if backward:
+            for matrix in (*unrolled.layers[1:], readout.current, readout.graph, readout.decisions):
+                if matrix is not None:
+                    matrix.t  # noqa: B018  (built on first use)
 
     def _fast_forward(self, obs: dict[str, torch.Tensor], topo: _Topology) -> torch.Tensor:
         """The shared-graph path: every layer and the readouts on the batch's distinct node states."""

@@ -2,7 +2,7 @@
 step time and the RL update (SB3 ``train()``) time, plus peak memory — each combination in a fresh
 process, so peak RSS is its own.
 
-    python -m benchmarks.search_speed [--env AGMC-ResNet56-v0] [--episodes 12] [--warmup 4]
+    python -m benchmarks.search_speed [--env AGMC-ResNet56-v0] [--episodes 12] [--warmup 4] [--prefetch auto]
 
 Timings are over the episodes after warm-up (when the agent acts and updates). Writes
 benchmarks/results/search_speed.md.
@@ -23,7 +23,11 @@ RESULTS = Path(__file__).parent / "results"
 COMBOS = [(a, e) for a in ("ddpg", "td3", "sac") for e in ("gnn", "gnn-lstm", "amc")]
 
 
-def measure(env_id: str, algo: str, embedding: str, episodes: int, warmup: int, seed: int) -> dict:
+PREFETCH = {"auto": None, "off": False, "on": True}  # --prefetch → the agents' prefetch_batches
+
+
+def measure(env_id: str, algo: str, embedding: str, episodes: int, warmup: int, seed: int,
+            prefetch: str = "auto") -> dict:
     import gymnasium as gym
     import numpy as np
     import torch
@@ -45,6 +49,7 @@ def measure(env_id: str, algo: str, embedding: str, episodes: int, warmup: int, 
 
     env.unwrapped.step = timed_step
     model = make_agent(algo, env, embedding=embedding, episodes=episodes, warmup=warmup, seed=seed)
+    model.prefetch_batches = PREFETCH[prefetch]
     train_time = {"s": 0.0}
     inner_train = model.train
 
@@ -80,7 +85,7 @@ def measure(env_id: str, algo: str, embedding: str, episodes: int, warmup: int, 
             "seconds_per_episode": mean("total_s"), "env_seconds": mean("env_s"), "update_seconds": mean("train_s"),
             "warmup_seconds_per_episode": float(np.mean([p["total_s"] for p in per[:warmup]])),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "prefetch": prefetch}
 
 
 def machine() -> str:
@@ -106,17 +111,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", help="algo:embedding, run in this process (used internally)")
     p.add_argument("--combos", help="comma-separated algo:embedding to run (default: all nine)")
+    p.add_argument("--prefetch", choices=tuple(PREFETCH), default="auto",
+                   help="DDPG/TD3 draw and unroll the next replay batch in a second thread (agents.prefetch); "
+                        "auto: with ≥ 2 torch threads on a CPU")
     p.add_argument("--out", default=str(RESULTS / "search_speed.md"))
     args = p.parse_args(argv)
     if args.only:
         algo, emb = args.only.split(":")
-        print(json.dumps(measure(args.env, algo, emb, args.episodes, args.warmup, args.seed)))
+        print(json.dumps(measure(args.env, algo, emb, args.episodes, args.warmup, args.seed, args.prefetch)))
         return
     results = []
     combos = [tuple(c.split(":")) for c in args.combos.split(",")] if args.combos else COMBOS
     for algo, emb in combos:
         cmd = [sys.executable, "-m", "benchmarks.search_speed", "--env", args.env, "--episodes", str(args.episodes),
-               "--warmup", str(args.warmup), "--seed", str(args.seed), "--only", f"{algo}:{emb}"]
+               "--warmup", str(args.warmup), "--seed", str(args.seed), "--prefetch", args.prefetch,
+               "--only", f"{algo}:{emb}"]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:  # the child's own error, not only its exit status
             raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-4000:]}")
@@ -128,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}  ",
         f"Machine: {machine()}  ",
         f"{args.episodes} episodes per combination, first {args.warmup} are warm-up (random actions, no updates); "
-        "figures are means over the episodes after warm-up. One process per combination.", "",
+        f"figures are means over the episodes after warm-up. One process per combination. Prefetch: {args.prefetch}.",
+        "",
         "| algorithm | embedding | s / episode | env step s / episode | RL update s / episode | update / env | "
         "update / episode | warm-up s / episode | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -6,9 +6,11 @@ compared in seconds, in one process per code version.
 
     OMP_NUM_THREADS=1 python -m benchmarks.update_speed [--env AGMC-ResNet56-v0] [--episodes 40] [--reps 6]
         [--algo ddpg] [--embedding gnn] [--self-imitation 10 0] [--imitation-elites 1 5] [--threads 1 2]
+        [--prefetch off on]
 
-Prints one JSON object per variant (each weight × each K × each thread count: median, runs); each variant is an
-agent built with the same seed on the same buffer contents, and the variants' repetitions alternate.
+Prints one JSON object per variant (each weight × each K × each thread count × each prefetch setting: median,
+runs); each variant is an agent built with the same seed on the same buffer contents, and the variants'
+repetitions alternate.
 """
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="one variant per K (default: the search's, 5 with self-imitation)")
     p.add_argument("--threads", type=int, nargs="+", default=[None],
                    help="one variant per intra-op thread count (default: torch's current)")
+    p.add_argument("--prefetch", nargs="+", choices=("auto", "off", "on"), default=["auto"],
+                   help="one variant per setting of the agents' prefetch_batches (auto: on with ≥ 2 threads, CPU)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     threads = [t or torch.get_num_threads() for t in args.threads]
@@ -69,18 +73,22 @@ def main(argv: list[str] | None = None) -> None:
             fill(model, env, args.episodes, args.seed)
             model.train(T, model.batch_size)  # first call: caches, allocator
             models[weight, model.replay_buffer.elites] = model
-    runs: dict[tuple[float, int, int], list[float]] = {(*key, t): [] for key in models for t in threads}
+    settings = {"auto": None, "off": False, "on": True}
+    runs: dict[tuple[float, int, int, str], list[float]] = {(*key, t, f): [] for key in models for t in threads
+                                                            for f in args.prefetch}
     for _ in range(args.reps):
-        for (weight, elites, t), times in runs.items():
+        for (weight, elites, t, prefetch), times in runs.items():
             torch.set_num_threads(t)
+            model = models[weight, elites]
+            model.prefetch_batches = settings[prefetch]
             start = time.perf_counter()
-            models[weight, elites].train(T, models[weight, elites].batch_size)
+            model.train(T, model.batch_size)
             times.append(time.perf_counter() - start)
-    for (weight, elites, t), times in runs.items():
+    for (weight, elites, t, prefetch), times in runs.items():
         print(json.dumps({"env": args.env, "algo": args.algo, "embedding": args.embedding, "self_imitation": weight,
                           "imitation_elites": elites, "episodes_in_buffer": args.episodes,
                           "machine": f"{cpu_name()} ({cpu_capability()})", "torch": torch.__version__,
-                          "threads": t, "train_s_median": round(statistics.median(times), 4),
+                          "threads": t, "prefetch": prefetch, "train_s_median": round(statistics.median(times), 4),
                           "runs": [round(seconds, 4) for seconds in times]}))
 
 

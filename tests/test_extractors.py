@@ -102,7 +102,7 @@ def test_fast_path_equals_pyg_path(kwargs, padded):
         ext = GraphEncoderExtractor(tiny_env().observation_space, **kwargs)
     obs = _batch(high, low, first, high)
     (fast, fast_grads), (generic, generic_grads) = _fast_and_generic(ext, obs)
-    unrolled = _Unrolled._recent[0]
+    unrolled = _Unrolled.recent()[0]
     assert ext._topology is not None and unrolled.topo is ext._topology  # the fast path ran
     # repeated node states computed once: high is in the batch twice, and undecided nodes look alike
     sizes = [s.a.shape[0] for s in unrolled.layers]
@@ -168,7 +168,7 @@ def test_row_ranges_of_a_marked_tensor_are_unrolled_together_with_the_results_of
         got.square().sum().backward()
         assert torch.allclose(got, out, atol=1e-6)
         assert all(torch.allclose(p.grad, g, atol=1e-6, rtol=1e-5) for p, g in zip(ext.parameters(), grads))
-    unrolled = _Unrolled._recent[0]
+    unrolled = _Unrolled.recent()[0]
     assert unrolled.inputs[0] is whole["x"] and set(unrolled._readouts) == set(spans.values())  # one unroll
     for rows in spans.values():
         r = unrolled.readout(rows)
@@ -179,7 +179,7 @@ def test_row_ranges_of_a_marked_tensor_are_unrolled_together_with_the_results_of
     gathered_together()  # unmarked: a row range is unrolled on its own
     obs_range = {**obs, **{k: whole[k][2:5] for k in ("x", "decision_nodes")}}
     ext(obs_range)
-    assert _Unrolled._recent[0].inputs[0] is obs_range["x"]
+    assert _Unrolled.recent()[0].inputs[0] is obs_range["x"]
 
 
 def test_unrolled_batch_follows_the_tensor_and_its_version():
@@ -188,17 +188,17 @@ def test_unrolled_batch_follows_the_tensor_and_its_version():
     first, high, low = _two_states()
     obs = _batch(high, high)
     ext(obs)
-    unrolled = _Unrolled._recent[0]
+    unrolled = _Unrolled.recent()[0]
     assert unrolled.x.shape[0] == obs["x"].shape[1]  # two equal rows: one state per node
     ext(obs)
-    assert _Unrolled._recent[0] is unrolled  # reused by the next call on the same tensors
+    assert _Unrolled.recent()[0] is unrolled  # reused by the next call on the same tensors
     ext(_batch(high, low))
     ext(obs)
-    assert _Unrolled._recent[1] is unrolled  # still held while one other batch came in between (SAC's order)
+    assert _Unrolled.recent()[1] is unrolled  # still held while one other batch came in between (SAC's order)
     before = ext(obs)
     obs["x"][1, 0, 2] += 0.5  # in place: the cached structure must not be reused
     after = ext(obs)
-    assert _Unrolled._recent[0] is not unrolled and _Unrolled._recent[0].x.shape[0] == obs["x"].shape[1] + 1
+    assert _Unrolled.recent()[0] is not unrolled and _Unrolled.recent()[0].x.shape[0] == obs["x"].shape[1] + 1
     assert torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
 
 

@@ -80,14 +80,14 @@ def test_the_imitation_loss_is_q_filtered_behaviour_cloning(embedding):
     batch = model.replay_buffer.sample(4).observations
     plain = -model.critic.q1_forward(batch, model.actor(batch)).mean()
     model.replay_buffer._elite = []  # no best episode yet: the plain actor loss
-    torch.testing.assert_close(model._actor_loss(batch), plain, rtol=0, atol=0)
+    torch.testing.assert_close(model._actor_loss(batch, model.replay_buffer.elite()), plain, rtol=0, atol=0)
     _episode(model.replay_buffer, env, T, 0.9, 0.5)
     elite = model.replay_buffer.elite()
     mine = model.actor(elite.observations)
     better = model.critic.q1_forward(elite.observations, elite.actions) > model.critic.q1_forward(elite.observations, mine)
     expected = plain + 2.0 * (better.float() * (mine - 0.5) ** 2).sum(1).mean()
     # one joint pass over the batch and the elite's states: the separate passes' value up to float rounding
-    torch.testing.assert_close(model._actor_loss(batch), expected)
+    torch.testing.assert_close(model._actor_loss(batch, elite), expected)
     model.set_logger(configure(None, [""]))
     model.train(gradient_steps=3, batch_size=4)  # runs inside the actor loss
 
@@ -103,7 +103,7 @@ def test_without_the_filter_every_step_of_the_best_episode_is_imitated():
     elite = model.replay_buffer.elite()
     plain = -model.critic.q1_forward(batch, model.actor(batch)).mean()
     expected = plain + 2.0 * ((model.actor(elite.observations) - 0.5) ** 2).sum(1).mean()
-    torch.testing.assert_close(model._actor_loss(batch), expected)
+    torch.testing.assert_close(model._actor_loss(batch, elite), expected)
 
 
 def test_the_best_episode_is_gathered_with_the_batch_and_unrolled_with_it():
@@ -116,7 +116,7 @@ def test_the_best_episode_is_gathered_with_the_batch_and_unrolled_with_it():
         _episode(model.replay_buffer, env, T, final, action)
     buffer = model.replay_buffer
     np.random.seed(0)
-    separate = model._actor_loss(buffer.sample(4).observations)  # the best episode gathered on its own
+    separate = model._actor_loss(buffer.sample(4).observations, buffer.elite())  # the best episode gathered on its own
     buffer.imitate = True
     np.random.seed(0)
     data = buffer.sample(4)
@@ -126,8 +126,8 @@ def test_the_best_episode_is_gathered_with_the_batch_and_unrolled_with_it():
     base = data.observations["x"]._base
     assert joined["x"]._base is base and elite.observations["x"]._base is base  # views of one tensor, no copy
     assert torch.equal(joined["x"], torch.cat([elite.observations["x"], data.observations["x"]]))
-    torch.testing.assert_close(model._actor_loss(data.observations), separate)
-    assert _Unrolled._recent[0].inputs[0] is base  # the actor's pass reused the batch's unroll
+    torch.testing.assert_close(model._actor_loss(data.observations, elite), separate)
+    assert _Unrolled.recent()[0].inputs[0] is base  # the actor's pass reused the batch's unroll
     _episode(buffer, env, T, 0.95, 0.25)  # a new best: the demonstration of the last sample is stale
     assert torch.all(buffer.elite().actions == 0.25)
 

@@ -3,10 +3,10 @@
 A graph agent's gradient step spends ~40 % of its time on work that reads no weight: drawing the batch from the
 replay buffer and unrolling its graphs into distinct node states (``agents.extractors``). :func:`prefetched` runs
 that part for step i + 1 in a worker thread while the caller runs step i. The draws are the same calls in the same
-order as a plain loop (the worker is the only thread that samples), so the batches, and the learning, are
-bit-identical; only the timing changes. Torch's intra-op pool is set to one thread meanwhile, so the two Python
-threads use two cores in all: on by default only where torch was given at least two (see
-:func:`prefetch_default`).
+order as a plain loop (the worker is the only thread that samples), so the batches are the same. Torch's intra-op
+pool is set to one thread meanwhile, so the two Python threads use two cores in all: on by default only where torch
+was given at least two (see :func:`prefetch_default`). The gradient step then runs at one intra-op thread: the same
+parameters bit for bit as a plain loop at one thread; against two, some kernels (the LSTM's) round differently.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def prefetch_default(device: torch.device) -> bool:
 
 
 def prefetched(draw: Callable[[], T], count: int) -> Iterator[T]:
-    """``draw()`` ``count`` times, in order; each call after the first runs in a worker thread while the caller
-    works on the previous result. An exception in ``draw`` is raised where its result is taken."""
+    """``draw()`` ``count`` times, in order, each call in one worker thread: the next one runs while the caller works
+    on the previous result. An exception in ``draw`` is raised where its result is taken."""
     if count <= 0:
         return
     threads = torch.get_num_threads()

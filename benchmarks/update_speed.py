@@ -26,6 +26,7 @@ from stable_baselines3.common.logger import configure
 
 import agmc_env  # noqa: F401  (registers the env ids)
 from agents.algorithms import make_agent
+from benchmarks.search_speed import PREFETCH
 from benchmarks.step_speed import cpu_capability, cpu_name
 
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="one variant per K (default: the search's, 5 with self-imitation)")
     p.add_argument("--threads", type=int, nargs="+", default=[None],
                    help="one variant per intra-op thread count (default: torch's current)")
-    p.add_argument("--prefetch", nargs="+", choices=("auto", "off", "on"), default=["auto"],
+    p.add_argument("--prefetch", nargs="+", choices=tuple(PREFETCH), default=["auto"],
                    help="one variant per setting of the agents' prefetch_batches (auto: on with ≥ 2 threads, CPU)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -73,14 +74,13 @@ def main(argv: list[str] | None = None) -> None:
             fill(model, env, args.episodes, args.seed)
             model.train(T, model.batch_size)  # first call: caches, allocator
             models[weight, model.replay_buffer.elites] = model
-    settings = {"auto": None, "off": False, "on": True}
     runs: dict[tuple[float, int, int, str], list[float]] = {(*key, t, f): [] for key in models for t in threads
                                                             for f in args.prefetch}
     for _ in range(args.reps):
         for (weight, elites, t, prefetch), times in runs.items():
             torch.set_num_threads(t)
             model = models[weight, elites]
-            model.prefetch_batches = settings[prefetch]
+            model.prefetch_batches = PREFETCH[prefetch]
             start = time.perf_counter()
             model.train(T, model.batch_size)
             times.append(time.perf_counter() - start)

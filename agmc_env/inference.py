@@ -52,6 +52,7 @@ class _Plan:
     module: fx.GraphModule
     layers: list[tuple[str, str | None]] = field(default_factory=list)  # w<i>/b<i> ← (conv or linear, its BN)
     shared: dict[str, str] = field(default_factory=dict)  # slot → source module used as it is
+    origin: dict[str, str] = field(default_factory=dict)  # node → the source node whose value it computes
 
 
 class InferenceGraph:
@@ -73,9 +74,13 @@ class InferenceGraph:
         """The scoring module for ``model`` (in eval mode; ``model`` is left unchanged, its tensors shared);
         ``example`` is an input batch (one image is enough), run once per new graph to learn its shapes."""
         gm = model if isinstance(model, fx.GraphModule) else fx.symbolic_trace(model)
+        return self._arm(self.plan(gm, example), gm)
+
+    def plan(self, gm: fx.GraphModule, example: torch.Tensor) -> _Plan:
+        """The (unarmed) plan for ``gm``'s graph, built on first use."""
         if self._plan is None or self._plan.code != gm.code:
             self._plan = self._build(gm, example)
-        return self._arm(self._plan, gm)
+        return self._plan
 
     def _build(self, gm: fx.GraphModule, example: torch.Tensor) -> _Plan:
         """Copies the graph with every conv / linear (and the BN after it) as a functional call on slot tensors."""
@@ -97,6 +102,7 @@ class InferenceGraph:
                     env[node].meta = dict(node.meta)
                 else:
                     env[node] = graph.node_copy(node, env.__getitem__)
+                plan.origin[env[node].name] = node.name
                 continue
             bn, out, i = _only_user(node), node, len(plan.layers)
             if bn is not None and bn.op == "call_module" and type(modules[bn.target]) is _BN_AFTER[type(mod)]:
@@ -114,8 +120,9 @@ class InferenceGraph:
                     padding = (0,) * (mod.weight.dim() - 2)
                 env[out] = graph.call_function(op, (*args, mod.stride, padding, mod.dilation, mod.groups))
             env[out].meta = dict(out.meta)
+            plan.origin[env[out].name] = out.name
         if self.pointwise:
-            _fuse_pointwise(graph, kinds)
+            _fuse_pointwise(graph, kinds, plan.origin)
         slots = {**{slot: modules[target] for slot, target in plan.shared.items()},
                  **{f"{kind}{i}": torch.empty(0) for i in range(len(plan.layers)) for kind in "wb"}}
         plan.module = fx.GraphModule(slots, graph, class_name="InferenceModel")
@@ -138,8 +145,9 @@ class InferenceGraph:
         return module
 
 
-def _fuse_pointwise(graph: fx.Graph, kinds: dict[str, type]) -> None:
-    """conv2d → ReLU and conv2d → add → ReLU (each value used only by the next op) become one oneDNN call."""
+def _fuse_pointwise(graph: fx.Graph, kinds: dict[str, type], origin: dict[str, str]) -> None:
+    """conv2d → ReLU and conv2d → add → ReLU (each value used only by the next op) become one oneDNN call
+    (whose ``origin`` is the ReLU's)."""
     for conv in [n for n in graph.nodes if n.op == "call_function" and n.target is F.conv2d]:
         x, w, b, stride, padding, dilation, groups = conv.args
         if isinstance(padding, str):
@@ -166,5 +174,6 @@ def _fuse_pointwise(graph: fx.Graph, kinds: dict[str, type]) -> None:
         else:
             continue
         relu.replace_all_uses_with(fused)
+        fused.meta, origin[fused.name] = dict(relu.meta), origin[relu.name]  # its shape: a later add may fuse it
         for node in dead:
             graph.erase_node(node)

@@ -21,6 +21,7 @@ from agents.searchers import SEARCHERS, MissingPackage, run_baseline
 from agmc_env.checkpoints import CheckpointError
 from agmc_env.data import DataError
 from agmc_env.decisions import TraceError
+from agmc_env.evaluate import TRAIN_AMP
 from agmc_env.options import KINDS, OPTIONS
 
 
@@ -183,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
                         "alpha*T^2*KL(softmax(teacher/T) || softmax(student/T))")
     f.add_argument("--temperature", type=float, default=4.0, help="distillation temperature T (default 4)")
     f.add_argument("--alpha", type=float, default=0.9, help="distillation weight alpha (default 0.9)")
-    f.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"),
+    f.add_argument("--amp", default="auto", choices=TRAIN_AMP,
                    help="bf16 autocast for training: auto = where the device has native bf16 (default)")
     f.add_argument("--no-progress", action="store_true")
     f.add_argument("--out", required=True, help="output folder; the same command again resumes an interrupted run "

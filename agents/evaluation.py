@@ -10,12 +10,13 @@ import torch
 
 from agents.checkpoint_io import load_pruned, task_for
 from agmc_env.budget import count_module
-from agmc_env.inference import InferenceGraph
+from agmc_env.evaluate import Evaluator
 
 
-def _latency_ms(model: torch.nn.Module, x: torch.Tensor, autocast_dtype, reps: int = 20) -> float:
-    fast = InferenceGraph.for_device(x.device, autocast_dtype)(model.eval(), x[:1])  # what scoring runs
-    ctx = (lambda: torch.autocast(x.device.type, dtype=autocast_dtype)) if autocast_dtype else torch.no_grad
+def _latency_ms(model: torch.nn.Module, x: torch.Tensor, ev: Evaluator, reps: int = 20) -> float:
+    fast = ev.scoring_module(model, example=x[:1])  # what scoring runs
+    bf16 = ev.dtype is torch.bfloat16
+    ctx = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if bf16 else torch.no_grad
     times = []
     with torch.inference_mode(), ctx():
         for i in range(reps + 3):
@@ -43,13 +44,13 @@ def evaluate_checkpoint(path: str, split: str = "test", device: str = "auto", **
     macs, params = count_module(model, ev.images[:1])
     return {
         "checkpoint": str(path), "split": split, "images": len(ev.images), "device": str(task.device),
-        "precision": "bf16" if ev.dtype == torch.bfloat16 else "fp32",
+        "precision": ev.precision,
         "accuracy": stored["top1"], "top5": stored["top5"], "accuracy_bn_recalibrated": recalibrated["top1"],
         "top5_bn_recalibrated": recalibrated["top5"],
         **task.mode.report(model, params),  # fine mode: non-zero parameters and sparsity (zeros are not speed)
         "macs": macs, "params": params, "flops_ratio": macs / task.cost.base_macs,
         "params_ratio": task.mode.kept_params(model, params) / task.cost.base_params,
-        "latency_ms_batch1": _latency_ms(model, ev.images[:1], ev.dtype),
-        f"latency_ms_batch{ev.batch_size}": _latency_ms(model, ev.images[: ev.batch_size], ev.dtype, reps=5),
+        "latency_ms_batch1": _latency_ms(model, ev.images[:1], ev),
+        f"latency_ms_batch{ev.batch_size}": _latency_ms(model, ev.images[: ev.batch_size], ev, reps=5),
         "searched": {k: meta.get(k) for k in ("env_id", "algorithm", "embedding", "seed", "accuracy", "episode")},
     }

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from agents.checkpoint_io import load_pruned, task_for
 from agents.run_folder import RunError, atomic_write, save_pruned
 from agmc_env.data import ImageDataset, normalised
-from agmc_env.evaluate import AMP_CHOICES, bf16_supported
+from agmc_env.evaluate import TRAIN_AMP, bf16_supported
 from agmc_env.options import KINDS
 
 STATE = "finetune_state.pt"
@@ -82,8 +82,8 @@ def finetune(checkpoint: str | os.PathLike, out: str | os.PathLike, *, epochs: i
     AMX, where it halves the epoch time), fp32 elsewhere; ``"bf16"`` forces it, ``"off"`` keeps fp32."""
     if not KINDS["count"].fits(epochs) or not KINDS["positive int"].fits(batch_size):
         raise ValueError(f"epochs={epochs!r} must be an integer ≥ 0 and batch_size={batch_size!r} an integer ≥ 1")
-    if amp not in AMP_CHOICES:
-        raise ValueError(f"amp={amp!r}: choose one of {', '.join(AMP_CHOICES)}")
+    if amp not in TRAIN_AMP:
+        raise ValueError(f"amp={amp!r}: choose one of {', '.join(TRAIN_AMP)} (training has no int8 mode)")
     if distill and not (temperature > 0 and 0 <= alpha <= 1):
         raise ValueError(f"distillation needs temperature > 0 and 0 ≤ alpha ≤ 1 (got {temperature}, {alpha})")
     settings = {"checkpoint": str(Path(checkpoint).resolve()), "epochs": epochs, "lr": lr, "batch_size": batch_size,

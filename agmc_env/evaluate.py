@@ -2,21 +2,30 @@
 
 Images live on the evaluation device as normalised channels_last tensors, loaded once. Scoring runs
 under ``torch.inference_mode`` on the network's scoring copy (``agmc_env.inference``: BatchNorm folded into
-the preceding convolutions, channels_last, on CPU in float32 conv + ReLU (+ add) as one oneDNN call), with
-bf16 autocast where it is allowed (always on CUDA; on CPU only if the CPU has native bf16 and the
-unpruned model's reward-split accuracy stays within ``BF16_TOLERANCE`` of float32).
+the preceding convolutions, channels_last, on CPU in float32 conv + ReLU (+ add) as one oneDNN call) in the
+precision ``amp`` picks:
+
+- bf16 autocast — always on CUDA; on a CPU with native bf16 if the unpruned model's reward-split accuracy
+  stays within ``AMP_TOLERANCE`` of float32;
+- else, on a CPU, oneDNN int8 (``agmc_env.quantized``; activation scales from the calibration images, observed
+  during the BN recalibration) under the same rule;
+- else float32.
 """
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from agmc_env.inference import InferenceGraph
+from agmc_env.quantized import Int8Graph, int8_supported, observe_maxima
 
-AMP_CHOICES = ("auto", "bf16", "off")
-BF16_TOLERANCE = 0.002  # accuracy as a fraction: 0.2 points
+AMP_CHOICES = ("auto", "bf16", "int8", "off")
+TRAIN_AMP = ("auto", "bf16", "off")  # what fine-tuning accepts: int8 is a scoring mode
+AMP_TOLERANCE = 0.002  # accuracy as a fraction: 0.2 points
+INT8 = torch.int8  # ``Evaluator.dtype`` for oneDNN int8 scoring (not an autocast dtype)
 # Scoring batch: on 2-core AMD EPYC CPUs (AVX2 and AVX-512 kernels alike) 64 images beat 250 by 6-8 % and
 # 1000 by 2-4× (activations that fit the caches); on CUDA large batches fill the card.
 CPU_BATCH, CUDA_BATCH = 64, 1000
@@ -57,33 +66,85 @@ class Evaluator:
         self.images, self.labels, self.calib, self.device = images, labels, calib, device
         self.batch_size = batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
         self.amp = amp
-        self.dtype: torch.dtype | None = torch.bfloat16 if amp == "bf16" else None
-        self.amp_check: dict[str, float] = {}
         self._graphs: dict[torch.dtype | None, InferenceGraph] = {}  # per precision: fused ops are fp32-only
+        if amp == "int8" and not self._int8_available():
+            raise ValueError(f"amp='int8' needs a CPU device and a torch build with oneDNN's int8 convolution "
+                             f"(device {device}); use amp='off' or 'auto'")
+        if amp == "int8" and len(calib) == 0:
+            raise ValueError("amp='int8' takes its activation scales from the calibration images: calib_size ≥ 1")
+        self.dtype: torch.dtype | None = {"bf16": torch.bfloat16, "int8": INT8}.get(amp)
+        self.amp_check: dict[str, float] = {}
+        self._int8 = Int8Graph()
+        self._observed: tuple[weakref.ref, dict[str, float]] | None = None  # last recalibration's maxima
+
+    @property
+    def precision(self) -> str:
+        return {torch.bfloat16: "bf16", INT8: "int8"}.get(self.dtype, "fp32")
 
     def _inference(self, dtype: torch.dtype | None) -> InferenceGraph:
+        dtype = None if dtype is INT8 else dtype  # int8 is built on the float32 graph
         if dtype not in self._graphs:
             self._graphs[dtype] = InferenceGraph.for_device(self.device, dtype)
         return self._graphs[dtype]
 
+    def _int8_available(self) -> bool:
+        return self.device.type == "cpu" and int8_supported() and self._inference(None).pointwise
+
     def choose_precision(self, model: nn.Module) -> None:
-        """Resolve ``amp="auto"``: bf16 on CUDA; on CPU only if it costs ≤ 0.2 pt on the unpruned model."""
+        """Resolve ``amp="auto"``: bf16 on CUDA; on CPU bf16 (native bf16 only), else int8, whichever comes
+        first within 0.2 pt of float32 on the unpruned model; else float32."""
         if self.amp != "auto":
             return
-        if not bf16_supported(self.device):
-            self.dtype = None
-        elif self.device.type == "cuda":
-            self.dtype = torch.bfloat16
-        else:
-            fp32 = self.accuracy(model, dtype=None)
-            bf16 = self.accuracy(model, dtype=torch.bfloat16)
-            self.amp_check = {"fp32": fp32, "bf16": bf16}
-            self.dtype = torch.bfloat16 if abs(fp32 - bf16) <= BF16_TOLERANCE else None
+        self.dtype = None
+        if self.device.type == "cuda":
+            self.dtype = torch.bfloat16 if bf16_supported(self.device) else None
+            return
+        candidates = ([torch.bfloat16] if bf16_supported(self.device) else []) + \
+            ([INT8] if self._int8_available() and len(self.calib) else [])
+        if not candidates:
+            return
+        fp32 = self.accuracy(model, dtype=None)
+        self.amp_check = {"fp32": fp32}
+        for dtype in candidates:
+            name = {torch.bfloat16: "bf16", INT8: "int8"}[dtype]
+            self.amp_check[name] = self.accuracy(model, dtype=dtype)
+            if abs(fp32 - self.amp_check[name]) <= AMP_TOLERANCE:
+                self.dtype = dtype
+                return
 
     def _autocast(self, dtype: torch.dtype | None):
-        if dtype is None:
+        if dtype is None or dtype is INT8:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
+
+    def _int8_sources(self, model: nn.Module) -> dict[str, str] | None:
+        """Int8 scale roots → the nodes of ``model``'s own graph that compute them (None: not a GraphModule)."""
+        if not isinstance(model, fx.GraphModule):
+            return None
+        plan = self._inference(None).plan(model, self.calib[:1])
+        return {root: plan.origin[root] for root in self._int8.roots(plan.module)}
+
+    def scoring_module(self, model: nn.Module, dtype: torch.dtype | None | str = "default",
+                       example: torch.Tensor | None = None) -> nn.Module:
+        """What scores ``model`` (put in eval mode) at ``dtype``: its scoring copy, int8 or not (``example``: an
+        input batch, by default the first scored image). bf16 needs ``torch.autocast`` around the call."""
+        dtype = self.dtype if dtype == "default" else dtype
+        model.eval()
+        fused = self._inference(dtype)(model, self.images[:1] if example is None else example)
+        if dtype is not INT8:
+            return fused
+        roots = self._int8.roots(fused)
+        observed = self._observed
+        if observed is not None and observed[0]() is model:
+            maxima = observed[1]
+        else:  # not recalibrated by this evaluator: observe the calibration images now
+            with torch.inference_mode():
+                maxima = observe_maxima(fused, roots, self._calib_batches())
+        return self._int8(fused, maxima)
+
+    def _calib_batches(self) -> tuple[torch.Tensor, ...]:
+        most = CALIB_BATCH.get(self.device.type, CALIB_BATCH["cpu"])
+        return torch.tensor_split(self.calib, -(-len(self.calib) // most))
 
     def recalibrate(self, model: nn.Module) -> None:
         """Adaptive BN (EagleEye): re-estimate every BN's running statistics on the calibration images,
@@ -95,6 +156,7 @@ class Evaluator:
         bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not bns or len(self.calib) == 0:
             return
+        sources = self._int8_sources(model) if self.dtype is INT8 else None
         model.eval()
         momenta = [bn.momentum for bn in bns]
         for bn in bns:
@@ -102,9 +164,12 @@ class Evaluator:
             bn.momentum = None
             bn.train()
         with torch.no_grad(), self._autocast(self.dtype):
-            most = CALIB_BATCH.get(self.device.type, CALIB_BATCH["cpu"])
-            for batch in torch.tensor_split(self.calib, -(-len(self.calib) // most)):
-                model(batch)
+            if sources is None:
+                for batch in self._calib_batches():
+                    model(batch)
+            else:  # the int8 scales' maxima, from the same pass (BN on batch statistics ≈ the new running ones)
+                seen = observe_maxima(model, set(sources.values()), self._calib_batches())
+                self._observed = (weakref.ref(model), {root: seen[source] for root, source in sources.items()})
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
         model.eval()
@@ -120,8 +185,7 @@ class Evaluator:
         images = self.images if images is None else images
         labels = self.labels if labels is None else labels
         dtype = self.dtype if dtype == "default" else dtype
-        model.eval()
-        fast = self._inference(dtype)(model, images[:1])
+        fast = self.scoring_module(model, dtype, images[:1])
         correct = torch.zeros(2, dtype=torch.long, device=self.device)
         with torch.inference_mode(), self._autocast(dtype):
             for start in range(0, len(images), self.batch_size):

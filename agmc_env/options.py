@@ -114,8 +114,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("reward_metric", "top1", "what ``info[\"accuracy\"]`` (and the ``acc`` reward) is", cli=str,
            choices=("top1", "top5")),
     Option("device", "auto", "``\"auto\"`` (CUDA if available), ``\"cpu\"``, ``\"cuda\"``, ``\"cuda:1\"`` …", cli=str),
-    Option("amp", "auto", "``\"auto\"`` (bf16 on CUDA; on CPU only with native bf16 and ≤ 0.2 pt cost on the unpruned "
-           "net), ``\"bf16\"``, ``\"off\"``", cli=str, choices=("auto", "bf16", "off")),
+    Option("amp", "auto", "scoring precision: ``\"auto\"`` (bf16 on CUDA; on CPU bf16 where native, else oneDNN int8, "
+           "whichever first costs ≤ 0.2 pt on the unpruned net, else fp32), ``\"bf16\"``, ``\"int8\"`` (CPU), "
+           "``\"off\"`` (fp32)", cli=str, choices=("auto", "bf16", "int8", "off")),
     Option("batch_size", None, "evaluation batch (None: per device)", cli=int, kind="positive int"),
     Option("max_nodes", None, "observation padding: node slots (None: this graph's own size)", scope="env",
            kind="positive int"),

@@ -56,8 +56,8 @@ def test_cuda_uses_bf16_where_the_card_has_it(monkeypatch, supported, expected):
     assert ev.dtype is expected and ev.amp_check == {}
 
 
-def test_cpu_without_native_bf16_runs_fp32(monkeypatch):
+def test_cpu_without_native_bf16_or_calibration_images_runs_fp32(monkeypatch):
     monkeypatch.setattr(evaluate, "bf16_supported", lambda device: False)
-    ev = _evaluator("cpu")
+    ev = _evaluator("cpu")  # no calibration images: no int8 scales
     ev.choose_precision(torch.nn.Identity())
     assert ev.dtype is None

@@ -3,15 +3,17 @@
 Reference style (the published AGMC / GNN-RL code): deepcopy the model, mask the lowest-L1 filters with
 ``torch.nn.utils.prune.ln_structured`` (nothing removed), then evaluate NCHW float32. Both sides use the
 same keep ratios, the same L1 criterion, the same reward-split images and adaptive BN. The reference keeps the
-first protocol (500 calibration images, batch 250 on CPU); agmc runs its defaults, and once on the reference's
-own calibration images (and without repair, which the reference does not have) to show the accuracy is the
-same. It also times agmc's default episode with and without least-squares repair (``repair="lstsq"`` vs
+first protocol (500 calibration images, batch 250 on CPU); agmc runs its defaults (``amp="auto"``: bf16 on a CPU
+with native bf16, else oneDNN int8, where either keeps the unpruned net within 0.2 pt), in fp32, in int8 where
+auto picked something else, and once on the reference's own calibration images in fp32 (and without repair,
+which the reference does not have) to show the accuracy is the same. It also times agmc's default episode with and without least-squares repair (``repair="lstsq"`` vs
 ``"none"``: the same task with the repair stage swapped, runs interleaved) and reports the repair statistics'
 memory.
 
     python -m benchmarks.step_speed [--reps 5] [--device auto]
 
-Writes benchmarks/results/step_speed.md; the last printed lines are ``repair ratio: X.XXX`` and ``speedup: X.XX``.
+Writes benchmarks/results/step_speed.md and, on a CPU, the same as step_speed_<cpu kind>.md (e.g. amd_epyc_avx2; `--out`
+writes one file instead); the last printed lines are ``repair ratio: X.XXX`` and ``speedup: X.XX``.
 """
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ import argparse
 import copy
 import datetime
 import platform
+import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,7 @@ from torch.nn.utils import prune
 from agmc_env import AGMCEnv, make_task
 from agmc_env.evaluate import Evaluator
 from agmc_env.pipeline import no_repair
+from agmc_env.quantized import int8_supported
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE_BATCH = {"cpu": 250, "cuda": 1000}  # the reference as first measured (agmc's old defaults)
@@ -78,14 +83,19 @@ def reference_step(task, counts: list[int]) -> float:
     return correct / len(images)
 
 
-def timed(fn, reps: int) -> tuple[float, list[float], object]:
-    fn()  # warm-up: allocator, oneDNN kernels
-    times, out = [], None
+def timed(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, tuple[float, list[float], object]]:
+    """name → (median s, runs, last output). The variants take turns, one run each per round, so a machine that
+    speeds up or slows down during the benchmark (shared VMs drift by tens of %) weighs on all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up: allocator, oneDNN kernels
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    out: dict[str, object] = {}
     for _ in range(reps):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), times, out
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            out[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: (statistics.median(times[name]), times[name], out[name]) for name in fns}
 
 
 def cpu_name() -> str:
@@ -96,6 +106,17 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def int8_available(device: torch.device) -> bool:
+    return device.type == "cpu" and int8_supported()
+
+
+def cpu_kind() -> str:
+    """A file-name tag for this kind of CPU, e.g. ``amd_epyc_avx2`` or ``intel_xeon_bf16``."""
+    vendor = "_".join(re.findall(r"[a-z0-9]+", cpu_name().lower().replace("(r)", ""))[:2])
+    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return f"{vendor}_{'bf16' if bf16 else torch.backends.cpu.get_cpu_capability().lower()}"
 
 
 def cpu_capability() -> str:
@@ -112,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib-size", type=int, help="agmc's calibration images (default: the env's)")
     parser.add_argument("--ref-calib-size", type=int, default=500,
                         help="the reference's calibration images (500: agmc's default before calibration_size.md)")
-    parser.add_argument("--out", default=str(RESULTS / "step_speed.md"))
+    parser.add_argument("--out", help="default: results/step_speed.md and a copy as step_speed_<cpu kind>.md")
     args = parser.parse_args(argv)
 
     common = dict(val_size=args.val_size, device=args.device)
@@ -120,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     ref_task = make_task("AGMC-ResNet56-v0", **common, calib_size=args.ref_calib_size, amp="off", repair="none")
     env = AGMCEnv(task=make_task("AGMC-ResNet56-v0", **common, **ours))  # amp="auto"
     env_fp32 = AGMCEnv(task=make_task("AGMC-ResNet56-v0", **common, **ours, amp="off"))
+    # int8 shown too where amp="auto" picked something else (bf16 on a CPU that has it, or fp32)
+    env_int8 = (AGMCEnv(task=make_task("AGMC-ResNet56-v0", **common, **ours, amp="int8"))
+                if env.task.evaluator.precision != "int8" and int8_available(env.task.device) else None)
     env_same = AGMCEnv(task=ref_task)  # the reference's own images: the exactness check
     calib = len(env.task.evaluator.calib)
     rng = np.random.default_rng(0)
@@ -128,15 +152,17 @@ def main(argv: list[str] | None = None) -> None:
     def episode(e):
         return lambda: e.run_actions(actions)
 
-    ours_s, ours_all, info = timed(episode(env), args.reps)
-    fp32_s, fp32_all, info32 = timed(episode(env_fp32), args.reps)
-    same_s, _, info_same = timed(episode(env_same), args.reps)
-    ref_s, ref_all, ref_acc = timed(lambda: reference_step(ref_task, info["counts"]), args.reps)
+    counts = env.run_actions(actions)["counts"]
+    runs = timed({"ours": episode(env), "fp32": episode(env_fp32), "same": episode(env_same),
+                  "ref": lambda: reference_step(ref_task, counts),
+                  **({"int8": episode(env_int8)} if env_int8 else {})}, args.reps)
+    (ours_s, ours_all, info), (fp32_s, fp32_all, info32) = runs["ours"], runs["fp32"]
+    (same_s, _, info_same), (ref_s, ref_all, ref_acc), int8 = runs["same"], runs["ref"], runs.get("int8")
     breakdown = {}
     for name, e in (("default", env), ("fp32", env_fp32)):
         parts = [e.run_actions(actions)["timing"] for _ in range(args.reps)]
         breakdown[name] = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
-    fp32_ops = op_profile(env_fp32, actions)
+    fp32_ops, default_ops = op_profile(env_fp32, actions), op_profile(env, actions)
     # with vs without repair: one task, the stage swapped, runs interleaved so both see the same machine load
     repair = env.task.repair
     with_s, without_s, info_none = [], [], {}
@@ -156,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             else f"{cpu_name()} ({cpu_capability()}), {torch.get_num_threads()} threads")
     speedup, speedup32 = ref_s / ours_s, ref_s / fp32_s
     cmd = "python -m benchmarks.step_speed " + " ".join(argv if argv is not None else sys.argv[1:])
-    precision = "bf16" if ev.dtype == torch.bfloat16 else "fp32"
+    precision = ev.precision
 
     def parts(name: str) -> str:
         b = breakdown[name]
@@ -172,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Machine: {device.type} — {card}  ",
         f"torch {torch.__version__}, Python {platform.python_version()}  ",
         f"Model: akamaster ResNet-56 (27 decisions), reward split {args.val_size} images (both sides), "
-        f"{args.reps} reps, medians. Reference: BN recalibration on {args.ref_calib_size} images, batch "
+        f"{args.reps} rounds (the variants take turns), medians. Reference: BN recalibration on {args.ref_calib_size} images, batch "
         f"{REFERENCE_BATCH[device.type]}; agmc: the env's defaults — repair={env.task.options['repair']}, BN "
         f"recalibration on {calib} images (as few as keep the ranking of policies: results/calibration_size.md), "
         f"scoring batch {ev.batch_size}.",
@@ -184,10 +210,13 @@ def main(argv: list[str] | None = None) -> None:
         f"| agmc fp32 on the reference's images ({args.ref_calib_size} calibration, no repair; exactness check) | "
         f"{same_s:.3f} | "
         f"| {info_same['accuracy']:.4f} | {ref_s / same_s:.2f}× |",
-        f"| **agmc fp32, defaults** (any x86 CPU; what amp=auto runs without native bf16) | {fp32_s:.3f} | "
-        f"{', '.join(f'{t:.2f}' for t in fp32_all)} | {info32['accuracy']:.4f} | **{speedup32:.2f}×** |",
-        f"| agmc defaults (amp=auto → {precision}) | {ours_s:.3f} | {', '.join(f'{t:.2f}' for t in ours_all)} | "
-        f"{info['accuracy']:.4f} | {speedup:.2f}× |",
+        f"| agmc fp32, defaults otherwise (`amp=\"off\"`; what amp=auto runs where neither bf16 nor int8 passes "
+        f"the 0.2-pt check) | {fp32_s:.3f} | {', '.join(f'{t:.2f}' for t in fp32_all)} | {info32['accuracy']:.4f} | "
+        f"{speedup32:.2f}× |",
+        *([f"| agmc int8 (`amp=\"int8\"`) | {int8[0]:.3f} | {', '.join(f'{t:.2f}' for t in int8[1])} | "
+           f"{int8[2]['accuracy']:.4f} | {ref_s / int8[0]:.2f}× |"] if int8 else []),
+        f"| **agmc defaults (amp=auto → {precision})** | {ours_s:.3f} | {', '.join(f'{t:.2f}' for t in ours_all)} | "
+        f"{info['accuracy']:.4f} | **{speedup:.2f}×** |",
         "",
         f"Breakdown (medians): defaults — {parts('default')}; fp32 — {parts('fp32')}; the 27 decision steps take "
         "the rest.",
@@ -205,8 +234,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(repair.consumers)} consumers from {repair.num_images} training images, {repair.nbytes} bytes "
         f"({repair.nbytes / 2**20:.1f} MiB), computed once per task in {repair.build_s:.1f} s.",
         "",
-        f"bf16 check on the unpruned net (reward split): {ev.amp_check or 'not run (no native bf16, or amp not auto)'}; "
-        f"bf16 is used only if it is within 0.2 pt of fp32.",
+        f"Precision check on the unpruned net (reward split): {ev.amp_check or 'not run (amp not auto)'}; "
+        "amp=auto takes bf16 (native only), then int8, the first within 0.2 pt of fp32 "
+        "(int8's effect on the ranking of policies: precision_fidelity_*.md).",
         f"Pruned net: MACs ratio {info['flops_ratio']:.4f}, params ratio {info['params_ratio']:.4f}.",
         "",
         f"**Speed-up over the reference-style step: {speedup32:.2f}× in fp32, {speedup:.2f}× with amp=auto "
@@ -220,10 +250,18 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---|---|",
         *(f"| `{name}` | {ms:.0f} | {100 * share:.1f} % |" for name, ms, share in fp32_ops),
         "",
+        f"And a default episode ({precision}; `onednn::qconv2d_pointwise` = int8 scoring convolutions):",
+        "",
+        "| op | ms | share of the episode's op time |",
+        "|---|---|---|",
+        *(f"| `{name}` | {ms:.0f} | {100 * share:.1f} % |" for name, ms, share in default_ops),
+        "",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    outs = [Path(args.out)] if args.out else [RESULTS / "step_speed.md"] + (
+        [RESULTS / f"step_speed_{cpu_kind()}.md"] if device.type == "cpu" else [])
+    for out in outs:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines))
     print("\n".join(lines))
     print(f"repair ratio: {repair_ratio:.3f}")
     print(f"speedup: {speedup:.2f}")

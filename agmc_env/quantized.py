@@ -104,6 +104,17 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and type(modules.get(node.target)) is nn.ReLU
 
 
+_POOLS = (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
+_POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _is_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Max / average pooling: run in float32, non-negative in, non-negative out."""
+    if node.op == "call_function":
+        return node.target in _POOLS
+    return node.op == "call_module" and isinstance(modules.get(node.target), _POOL_MODULES)
+
+
 def _is_view(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """A slice, or an identity module: the output shares the input's storage."""
     if node.op == "call_module":
@@ -246,7 +257,7 @@ class Int8Graph:
             else:
                 env[node] = graph.node_copy(node, as_float)
             if _fused_relu_conv(node) or _is_relu(node, modules) or (
-                    _is_layout(node, modules) and node.args[0] in nonneg):
+                    (_is_layout(node, modules) or _is_pool(node, modules)) and node.args[0] in nonneg):
                 nonneg.add(node)
         for node in [n for n in graph.nodes if n.op == "get_attr" and not n.users]:  # the int8 convs' w<i>, b<i>
             graph.erase_node(node)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import fx, nn
 
 from agmc_env.evaluate import INT8, Evaluator
@@ -44,6 +45,21 @@ def test_every_conv_after_a_relu_runs_in_int8_and_agrees_with_float32():
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert _close(expected, got) < 0.05
     assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.9
+
+
+@pytest.mark.parametrize("make, int8_convs", [
+    (lambda: cifar_resnet(14), 12),  # all but the stem (whose input is the signed image)
+    # all but the stem, the 3 downsampling 1×1 convs and the 3 convs whose residual is theirs (BN output: signed)
+    (lambda: torchvision.models.resnet18(num_classes=10), 13),
+    (lambda: torchvision.models.mobilenet_v2(num_classes=10), 0),  # ReLU6 is not fused: float32 throughout
+], ids=["cifar resnet", "torchvision resnet18", "mobilenet_v2"])
+def test_which_convolutions_run_in_int8(make, int8_convs):
+    torch.manual_seed(0)
+    model = randomise_bn(make())
+    x = torch.randn(16, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    expected, got, module = _int8(model, x, x)
+    assert sum(isinstance(m, QConv2d) for m in module.modules()) == int8_convs
+    assert _close(expected, got) < 0.05
 
 
 class _ReadAfterSum(nn.Module):

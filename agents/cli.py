@@ -21,7 +21,7 @@ from agents.searchers import SEARCHERS, MissingPackage, run_baseline
 from agmc_env.checkpoints import CheckpointError
 from agmc_env.data import DataError
 from agmc_env.decisions import TraceError
-from agmc_env.evaluate import TRAIN_AMP
+from agmc_env.evaluate import AMP_CHOICES, TRAIN_AMP
 from agmc_env.options import KINDS, OPTIONS
 
 
@@ -167,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--split", choices=("val", "test"), default="test")
     e.add_argument("--device", default="auto")
+    e.add_argument("--amp", default="off", choices=AMP_CHOICES,
+                   help="scoring precision (default off: float32; auto: as a search scores, bf16 / int8 where they pass)")
     e.add_argument("--data-dir")
 
     f = sub.add_parser("finetune", help="fine-tune a pruned checkpoint (SGD + cosine, CIFAR augmentation; "
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             from agents.evaluation import evaluate_checkpoint
 
             extra = {"data_dir": args.data_dir} if args.data_dir else {}
-            print(json.dumps(evaluate_checkpoint(args.checkpoint, args.split, args.device, **extra), indent=2))
+            print(json.dumps(evaluate_checkpoint(args.checkpoint, args.split, args.device, args.amp, **extra),
+                             indent=2))
         elif args.command == "finetune":
             from agents.finetune import finetune
 

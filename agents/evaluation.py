@@ -31,10 +31,13 @@ def _latency_ms(model: torch.nn.Module, x: torch.Tensor, ev: Evaluator, reps: in
     return 1000 * statistics.median(times)
 
 
-def evaluate_checkpoint(path: str, split: str = "test", device: str = "auto", **env_overrides: Any) -> dict[str, Any]:
+def evaluate_checkpoint(path: str, split: str = "test", device: str = "auto", amp: str = "off",
+                        **env_overrides: Any) -> dict[str, Any]:
+    """The report of one pruned checkpoint, scored in float32 unless ``amp`` says otherwise (``"auto"``: as the
+    search scored it, bf16 or int8 where those passed their check; the tables compare float32 accuracies)."""
     model, meta = load_pruned(path)
     # scoring only, no episode: no repair statistics unless asked
-    task = task_for(meta, split=split, device=device, **{"repair": "none", **env_overrides})
+    task = task_for(meta, split=split, device=device, **{"repair": "none", "amp": amp, **env_overrides})
     ev = task.evaluator
     model = model.to(task.device)
     stored = ev.scores(model)

@@ -28,6 +28,7 @@ from agents.algorithms import (ALGORITHMS, CREDITS, EXPLORATIONS, IMITATION_FILT
                                default_min_updates, default_self_imitation)
 from agents.extractors import EMBEDDINGS
 from agents.noise import check_sigma_floor
+from agmc_env.evaluate import AMP_OF
 from agmc_env.options import KINDS
 
 RUN, EPISODES, TRAJECTORIES = "run.json", "episodes.csv", "trajectories.jsonl"
@@ -249,10 +250,13 @@ class RunFolder:
                            f"choose another --out (delete {lock} if that process is not a search)")
         atomic_write(lock, f"{os.getpid()} {here}".encode())
 
-    def check_task(self, options: dict[str, Any]) -> None:
-        """Record the env's resolved options the first time; refuse to continue a run whose options resolve
-        differently now (a default that changed since it started would change its reward mid-run)."""
+    def check_task(self, options: dict[str, Any], scoring: str | None = None) -> None:
+        """Record the env's resolved options (and ``scoring``, the precision ``amp`` resolved to) the first time;
+        refuse to continue a run whose options resolve differently now (a default that changed since it started,
+        or ``amp="auto"`` picking another precision on another CPU, would change its reward mid-run)."""
         plain = {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        if scoring is not None:
+            plain["scoring"] = scoring
         run = json.loads(self.path(RUN).read_text())
         recorded = run.get("task_options")
         if recorded is None:
@@ -260,6 +264,13 @@ class RunFolder:
             atomic_write(self.path(RUN), json.dumps(run, indent=2).encode())
             return
         changed = {k: (recorded[k], plain.get(k)) for k in recorded if recorded[k] != plain.get(k)}
+        if "scoring" in changed and "scoring" in plain:
+            was, now = changed["scoring"]
+            raise RunError(f"{self.out} was scored in {was} but the env now scores in {now} (amp="
+                           f"{plain.get('amp')!r} on this machine); pass --amp {AMP_OF[was]} to continue the run "
+                           "as it started, or --force to start over")
+        if "scoring" in recorded:  # the precision matched: how it was asked for (auto or by name) does not matter
+            changed.pop("amp", None)
         if changed:
             name, (was, now) = next(iter(changed.items()))
             raise RunError(f"{self.out} was started with {name}={was!r} but the env now gives {name}={now!r} (a "

@@ -149,7 +149,7 @@ def run_search(config: SearchConfig, out: str | os.PathLike, *, force: bool = Fa
     seed_everything(config.seed)
     env = make_env(config.env_id, **config.env_kwargs)  # a bad option fails here, before the folder is touched
     resume = folder.prepare(force)
-    folder.check_task(env.unwrapped.task.options)
+    folder.check_task(env.unwrapped.task.options, env.unwrapped.task.evaluator.precision)
     if device == "auto":
         device = env.unwrapped.task.device
     vec = DummyVecEnv([lambda: env])

@@ -212,7 +212,7 @@ def run_searcher(searcher: Searcher, config: SearchConfig, out: str | os.PathLik
     folder.check(force)
     base = make_env(config.env_id, **config.env_kwargs).unwrapped  # bad options fail before the folder is touched
     resume = folder.prepare(force)
-    folder.check_task(base.task.options)
+    folder.check_task(base.task.options, base.task.evaluator.precision)
     searcher.setup(base, config.seed)
     if resume:
         searcher.load_state_dict(folder.load_checkpoint()["searcher"])

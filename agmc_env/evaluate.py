@@ -26,6 +26,7 @@ AMP_CHOICES = ("auto", "bf16", "int8", "off")
 TRAIN_AMP = ("auto", "bf16", "off")  # what fine-tuning accepts: int8 is a scoring mode
 AMP_TOLERANCE = 0.002  # accuracy as a fraction: 0.2 points
 INT8 = torch.int8  # ``Evaluator.dtype`` for oneDNN int8 scoring (not an autocast dtype)
+AMP_OF = {"fp32": "off", "bf16": "bf16", "int8": "int8"}  # ``Evaluator.precision`` → the ``amp`` that asks for it
 # Scoring batch: on 2-core AMD EPYC CPUs (AVX2 and AVX-512 kernels alike) 64 images beat 250 by 6-8 % and
 # 1000 by 2-4× (activations that fit the caches); on CUDA large batches fill the card.
 CPU_BATCH, CUDA_BATCH = 64, 1000

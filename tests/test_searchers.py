@@ -145,6 +145,21 @@ def test_a_run_whose_env_defaults_changed_is_not_continued_silently(tmp_path):
         run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=0, progress=False)
 
 
+def test_a_run_scored_in_another_precision_is_not_continued_silently(tmp_path):
+    """amp='auto' resolves per machine (bf16, int8 or fp32): a run moved to a CPU where it resolves otherwise, or
+    started before int8 existed, must not change its reward mid-run; asking for its precision by name continues."""
+    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=2, seed=0, progress=False)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["task_options"]["scoring"] == "fp32" and run["task_options"]["amp"] == "off"  # the tiny task's
+    run["task_options"].update(scoring="int8", amp="auto")  # as if started where auto picked int8
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    with pytest.raises(RunError, match="scored in int8 but the env now scores in fp32.*--amp int8"):
+        run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=0, progress=False)
+    run["task_options"].update(scoring="fp32")  # the same precision, asked for as auto there, by name here
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    run_baseline("random", "AGMCTest-Tiny-v0", tmp_path, episodes=3, seed=0, progress=False)
+
+
 def test_two_processes_never_write_one_run_folder(tmp_path):
     """A second process on a run folder that another live process is writing is refused; a dead one's is taken."""
     import subprocess

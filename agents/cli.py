@@ -168,7 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=("val", "test"), default="test")
     e.add_argument("--device", default="auto")
     e.add_argument("--amp", default="off", choices=AMP_CHOICES,
-                   help="scoring precision (default off: float32; auto: as a search scores, bf16 / int8 where they pass)")
+                   help="scoring precision (default off: float32; auto: as a search scores, bf16 / int8 where "
+                        "they pass)")
     e.add_argument("--data-dir")
 
     f = sub.add_parser("finetune", help="fine-tune a pruned checkpoint (SGD + cosine, CIFAR augmentation; "

@@ -3,6 +3,7 @@ step time and the RL update (SB3 ``train()``) time, plus peak memory — each co
 process, so peak RSS is its own.
 
     python -m benchmarks.search_speed [--env AGMC-ResNet56-v0] [--episodes 12] [--warmup 4] [--prefetch auto]
+        [--amp off]
 
 Timings are over the episodes after warm-up (when the agent acts and updates). Writes
 benchmarks/results/search_speed.md.
@@ -27,7 +28,7 @@ PREFETCH = {"auto": None, "off": False, "on": True}  # --prefetch → the agents
 
 
 def measure(env_id: str, algo: str, embedding: str, episodes: int, warmup: int, seed: int,
-            prefetch: str = "auto") -> dict:
+            prefetch: str = "auto", amp: str | None = None) -> dict:
     import gymnasium as gym
     import numpy as np
     import torch
@@ -36,7 +37,7 @@ def measure(env_id: str, algo: str, embedding: str, episodes: int, warmup: int, 
     import agmc_env  # noqa: F401
     from agents.algorithms import make_agent
 
-    env = gym.make(env_id)
+    env = gym.make(env_id, **({"amp": amp} if amp else {}))
     T = env.unwrapped.num_decisions
     step_time = {"s": 0.0}
     inner_step = env.unwrapped.step
@@ -85,7 +86,8 @@ def measure(env_id: str, algo: str, embedding: str, episodes: int, warmup: int, 
             "seconds_per_episode": mean("total_s"), "env_seconds": mean("env_s"), "update_seconds": mean("train_s"),
             "warmup_seconds_per_episode": float(np.mean([p["total_s"] for p in per[:warmup]])),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "torch_threads": torch.get_num_threads(), "prefetch": prefetch}
+            "torch_threads": torch.get_num_threads(), "prefetch": prefetch,
+            "scoring": env.unwrapped.task.evaluator.precision}
 
 
 def machine() -> str:
@@ -114,18 +116,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prefetch", choices=tuple(PREFETCH), default="auto",
                    help="DDPG/TD3 draw and unroll the next replay batch in a second thread (agents.prefetch); "
                         "auto: with ≥ 2 torch threads on a CPU")
+    p.add_argument("--amp", choices=("auto", "bf16", "int8", "off"),
+                   help="the env's scoring precision (default: the env's own, amp='auto')")
     p.add_argument("--out", default=str(RESULTS / "search_speed.md"))
     args = p.parse_args(argv)
     if args.only:
         algo, emb = args.only.split(":")
-        print(json.dumps(measure(args.env, algo, emb, args.episodes, args.warmup, args.seed, args.prefetch)))
+        print(json.dumps(measure(args.env, algo, emb, args.episodes, args.warmup, args.seed, args.prefetch, args.amp)))
         return
     results = []
     combos = [tuple(c.split(":")) for c in args.combos.split(",")] if args.combos else COMBOS
     for algo, emb in combos:
         cmd = [sys.executable, "-m", "benchmarks.search_speed", "--env", args.env, "--episodes", str(args.episodes),
                "--warmup", str(args.warmup), "--seed", str(args.seed), "--prefetch", args.prefetch,
-               "--only", f"{algo}:{emb}"]
+               "--only", f"{algo}:{emb}", *(["--amp", args.amp] if args.amp else [])]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:  # the child's own error, not only its exit status
             raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-4000:]}")
@@ -137,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Date: {datetime.datetime.now().isoformat(timespec='seconds')}  ",
         f"Machine: {machine()}  ",
         f"{args.episodes} episodes per combination, first {args.warmup} are warm-up (random actions, no updates); "
-        f"figures are means over the episodes after warm-up. One process per combination. Prefetch: {args.prefetch}.",
+        f"figures are means over the episodes after warm-up. One process per combination. Prefetch: {args.prefetch}. "
+        f"Env scoring: {results[0]['scoring']}.",
         "",
         "| algorithm | embedding | s / episode | env step s / episode | RL update s / episode | update / env | "
         "update / episode | warm-up s / episode | peak RSS (MB) |",

@@ -6,14 +6,15 @@ same keep ratios, the same L1 criterion, the same reward-split images and adapti
 first protocol (500 calibration images, batch 250 on CPU); agmc runs its defaults (``amp="auto"``: bf16 on a CPU
 with native bf16, else oneDNN int8, where either keeps the unpruned net within 0.2 pt), in fp32, in int8 where
 auto picked something else, and once on the reference's own calibration images in fp32 (and without repair,
-which the reference does not have) to show the accuracy is the same. It also times agmc's default episode with and without least-squares repair (``repair="lstsq"`` vs
-``"none"``: the same task with the repair stage swapped, runs interleaved) and reports the repair statistics'
-memory.
+which the reference does not have) to show the accuracy is the same. It also times agmc's default episode with
+and without least-squares repair (``repair="lstsq"`` vs ``"none"``: the same task with the repair stage swapped,
+runs interleaved) and reports the repair statistics' memory.
 
     python -m benchmarks.step_speed [--reps 5] [--device auto]
 
-Writes benchmarks/results/step_speed.md and, on a CPU, the same as step_speed_<cpu kind>.md (e.g. amd_epyc_avx2; `--out`
-writes one file instead); the last printed lines are ``repair ratio: X.XXX`` and ``speedup: X.XX``.
+Writes benchmarks/results/step_speed_<kind>.md (the CPU kind, e.g. amd_epyc_avx2, or the GPU, e.g. nvidia_h200;
+step_speed.md is the hand-kept index of those files); the last printed lines are ``repair ratio: X.XXX`` and
+``speedup: X.XX``.
 """
 from __future__ import annotations
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib-size", type=int, help="agmc's calibration images (default: the env's)")
     parser.add_argument("--ref-calib-size", type=int, default=500,
                         help="the reference's calibration images (500: agmc's default before calibration_size.md)")
-    parser.add_argument("--out", help="default: results/step_speed.md and a copy as step_speed_<cpu kind>.md")
+    parser.add_argument("--out", help="default: results/step_speed_<cpu kind or GPU>.md (step_speed.md is the index)")
     args = parser.parse_args(argv)
 
     common = dict(val_size=args.val_size, device=args.device)
@@ -198,10 +199,10 @@ def main(argv: list[str] | None = None) -> None:
         f"Machine: {device.type} — {card}  ",
         f"torch {torch.__version__}, Python {platform.python_version()}  ",
         f"Model: akamaster ResNet-56 (27 decisions), reward split {args.val_size} images (both sides), "
-        f"{args.reps} rounds (the variants take turns), medians. Reference: BN recalibration on {args.ref_calib_size} images, batch "
-        f"{REFERENCE_BATCH[device.type]}; agmc: the env's defaults — repair={env.task.options['repair']}, BN "
-        f"recalibration on {calib} images (as few as keep the ranking of policies: results/calibration_size.md), "
-        f"scoring batch {ev.batch_size}.",
+        f"{args.reps} rounds (the variants take turns), medians. Reference: BN recalibration on "
+        f"{args.ref_calib_size} images, batch {REFERENCE_BATCH[device.type]}; agmc: the env's defaults — "
+        f"repair={env.task.options['repair']}, BN recalibration on {calib} images (as few as keep the ranking of "
+        f"policies: results/calibration_size.md), scoring batch {ev.batch_size}.",
         "",
         "| variant | median s / episode | runs (s) | reward-split accuracy | speed-up |",
         "|---|---|---|---|---|",
@@ -257,11 +258,10 @@ def main(argv: list[str] | None = None) -> None:
         *(f"| `{name}` | {ms:.0f} | {100 * share:.1f} % |" for name, ms, share in default_ops),
         "",
     ]
-    outs = [Path(args.out)] if args.out else [RESULTS / "step_speed.md"] + (
-        [RESULTS / f"step_speed_{cpu_kind()}.md"] if device.type == "cpu" else [])
-    for out in outs:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("\n".join(lines))
+    kind = cpu_kind() if device.type == "cpu" else "_".join(re.findall(r"[a-z0-9]+", card.lower())[:2])
+    out = Path(args.out) if args.out else RESULTS / f"step_speed_{kind}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
     print("\n".join(lines))
     print(f"repair ratio: {repair_ratio:.3f}")
     print(f"speedup: {speedup:.2f}")

@@ -72,8 +72,8 @@ def render(out_csv: Path, amps: list[str], argv: list[str], env_id: str) -> str:
         f"{len(rows)} random policies (uniform actions through the budget wall, seeded), reward = top-1 on the "
         "1000-image reward split after the env's own episode (repair, BN recalibration on 128 calibration "
         "images) in float32 (`amp=\"off\"`) and in each precision below, by separate envs. The test split is "
-        "not used. Noise floor of the reward itself: another 500 calibration images give ρ 0.9941, mean |Δ| "
-        "0.58 pt, max 1.70 pt (calibration_size.md).", "",
+        "not used. For scale, the reward's own noise on ResNet-56: another 500 calibration images give ρ 0.9941, "
+        "mean |Δ| 0.58 pt, max 1.70 pt against the first 500 (calibration_size.md).", "",
         "| precision | Spearman ρ vs fp32 | Kendall τ | mean abs Δ (pt) | max abs Δ (pt) | mean Δ (pt) | "
         "best policy = fp32's best | top-10 overlap | median s / episode (fp32) |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -16,6 +16,7 @@ import datetime
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,16 @@ def kendall(a: np.ndarray, b: np.ndarray) -> float:
     return float((da * db).sum() / np.sqrt((da != 0).sum() * (db != 0).sum()))
 
 
+def ranking_cells(acc: np.ndarray, ref: np.ndarray) -> str:
+    """Table cells comparing rewards ``acc`` with ``ref`` (the same policies): Spearman ρ, Kendall τ, mean and
+    largest |Δ| and mean Δ in points, whether the best policy is the same one, and the top-10 overlap."""
+    d = 100 * (acc - ref)
+    top10 = set(np.argsort(-ref)[:10])
+    return (f"{spearman(acc, ref):.4f} | {kendall(acc, ref):.4f} | {np.abs(d).mean():.2f} | {np.abs(d).max():.2f} | "
+            f"{d.mean():+.2f} | {'yes' if np.argmax(acc) == np.argmax(ref) else 'no'} | "
+            f"{len(top10 & set(np.argsort(-acc)[:10]))}/10")
+
+
 def render(out_csv: Path, sizes: list[int], argv: list[str], env_id: str) -> str:
     rows = list(csv.DictReader(open(out_csv)))
     acc = np.array([[float(r[f"acc_calib{k}"]) for k in sizes] + [float(r["acc_other"])] for r in rows])
@@ -98,34 +109,39 @@ def render(out_csv: Path, sizes: list[int], argv: list[str], env_id: str) -> str
         f"best policy = k={sizes[-1]}'s best | top-10 overlap |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    top10 = set(np.argsort(-ref)[:10])
     for j, k in enumerate([*sizes, f"other {sizes[-1]}"]):
-        d = 100 * (acc[:, j] - ref)
-        rho = spearman(acc[:, j], ref)
-        tau = kendall(acc[:, j], ref)
-        lines.append(f"| {k} | {rho:.4f} | {tau:.4f} | {np.abs(d).mean():.2f} | {np.abs(d).max():.2f} | "
-                     f"{d.mean():+.2f} | {'yes' if np.argmax(acc[:, j]) == np.argmax(ref) else 'no'} | "
-                     f"{len(top10 & set(np.argsort(-acc[:, j])[:10]))}/10 |")
+        lines.append(f"| {k} | {ranking_cells(acc[:, j], ref)} |")
     lines += ["", f"Reward range over the policies at k={sizes[-1]}: {100 * ref.min():.1f}–{100 * ref.max():.1f} %.", ""]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def policy_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a benchmark over seeded random policies: the env, how many policies, their seed."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--env", default="AGMC-ResNet56-v0")
     p.add_argument("--policies", type=int, default=120)
-    p.add_argument("--sizes", default="32,64,128,256,500")
     p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def write_results(out: Path, measure_into: Callable[[Path], None], render_from: Callable[[Path], str]) -> None:
+    """Measure into ``out``.csv (appending: a re-run resumes), render ``out``.md from it and print it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    measure_into(out.with_suffix(".csv"))
+    text = render_from(out.with_suffix(".csv"))
+    out.with_suffix(".md").write_text(text)
+    print(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    p = policy_parser(__doc__)
+    p.add_argument("--sizes", default="32,64,128,256,500")
     p.add_argument("--out", default=str(RESULTS / "calibration_size"))
     args = p.parse_args(argv)
     sizes = sorted(int(k) for k in args.sizes.split(","))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    measure(args.env, args.policies, sizes, out.with_suffix(".csv"), args.seed)
-    text = render(out.with_suffix(".csv"), sizes, argv, args.env)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(Path(args.out), lambda csv_path: measure(args.env, args.policies, sizes, csv_path, args.seed),
+                  lambda csv_path: render(csv_path, sizes, argv, args.env))
 
 
 if __name__ == "__main__":

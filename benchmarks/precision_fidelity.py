@@ -11,7 +11,6 @@ calibration images) is the noise floor of the reward itself.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import platform
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.calibration_size import kendall, spearman
+from benchmarks.calibration_size import policy_parser, ranking_cells, write_results
 from benchmarks.step_speed import cpu_capability, cpu_kind, cpu_name
 
 RESULTS = Path(__file__).parent / "results"
@@ -78,37 +77,26 @@ def render(out_csv: Path, amps: list[str], argv: list[str], env_id: str) -> str:
         "best policy = fp32's best | top-10 overlap | median s / episode (fp32) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    top10 = set(np.argsort(-ref)[:10])
     fp32_s = np.median([float(r["seconds_off"]) for r in rows])
     for amp in amps:
         acc = np.array([float(r[f"acc_{amp}"]) for r in rows])
-        d = 100 * (acc - ref)
         secs = np.median([float(r[f"seconds_{amp}"]) for r in rows])
-        lines.append(f"| {amp} | {spearman(acc, ref):.4f} | {kendall(acc, ref):.4f} | {np.abs(d).mean():.2f} | "
-                     f"{np.abs(d).max():.2f} | {d.mean():+.2f} | "
-                     f"{'yes' if np.argmax(acc) == np.argmax(ref) else 'no'} | "
-                     f"{len(top10 & set(np.argsort(-acc)[:10]))}/10 | {secs:.2f} ({fp32_s:.2f}) |")
+        lines.append(f"| {amp} | {ranking_cells(acc, ref)} | {secs:.2f} ({fp32_s:.2f}) |")
     lines += ["", f"Reward range over the policies in fp32: {100 * ref.min():.1f}–{100 * ref.max():.1f} %.", ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--env", default="AGMC-ResNet56-v0")
-    p.add_argument("--policies", type=int, default=120)
-    p.add_argument("--seed", type=int, default=0)
+    p = policy_parser(__doc__)
     p.add_argument("--out", default=None, help="path without suffix (default: results/precision_fidelity_<cpu>)")
     args = p.parse_args(argv)
     amps = precisions()
     if not amps:
         raise SystemExit("this machine has neither native bf16 nor oneDNN int8: nothing to compare with fp32")
     out = Path(args.out) if args.out else RESULTS / f"precision_fidelity_{cpu_kind()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    measure(args.env, args.policies, amps, out.with_suffix(".csv"), args.seed)
-    text = render(out.with_suffix(".csv"), amps, argv, args.env)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(out, lambda csv_path: measure(args.env, args.policies, amps, csv_path, args.seed),
+                  lambda csv_path: render(csv_path, amps, argv, args.env))
 
 
 if __name__ == "__main__":

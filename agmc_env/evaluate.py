@@ -26,6 +26,7 @@ AMP_CHOICES = ("auto", "bf16", "int8", "off")
 TRAIN_AMP = ("auto", "bf16", "off")  # what fine-tuning accepts: int8 is a scoring mode
 AMP_TOLERANCE = 0.002  # accuracy as a fraction: 0.2 points
 INT8 = torch.int8  # ``Evaluator.dtype`` for oneDNN int8 scoring (not an autocast dtype)
+PRECISIONS = {"bf16": torch.bfloat16, "int8": INT8}  # amp / precision name → ``Evaluator.dtype`` (fp32: None)
 AMP_OF = {"fp32": "off", "bf16": "bf16", "int8": "int8"}  # ``Evaluator.precision`` → the ``amp`` that asks for it
 # Scoring batch: on 2-core AMD EPYC CPUs (AVX2 and AVX-512 kernels alike) 64 images beat 250 by 6-8 % and
 # 1000 by 2-4× (activations that fit the caches); on CUDA large batches fill the card.
@@ -68,19 +69,19 @@ class Evaluator:
         self.batch_size = batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH)
         self.amp = amp
         self._graphs: dict[torch.dtype | None, InferenceGraph] = {}  # per precision: fused ops are fp32-only
-        if amp == "int8" and not self._int8_available():
+        if amp == "int8" and not self.int8_available():
             raise ValueError(f"amp='int8' needs a CPU device and a torch build with oneDNN's int8 convolution "
                              f"(device {device}); use amp='off' or 'auto'")
         if amp == "int8" and len(calib) == 0:
             raise ValueError("amp='int8' takes its activation scales from the calibration images: calib_size ≥ 1")
-        self.dtype: torch.dtype | None = {"bf16": torch.bfloat16, "int8": INT8}.get(amp)
+        self.dtype: torch.dtype | None = PRECISIONS.get(amp)
         self.amp_check: dict[str, float] = {}
         self._int8 = Int8Graph()
         self._observed: tuple[weakref.ref, dict[str, float]] | None = None  # last recalibration's maxima
 
     @property
     def precision(self) -> str:
-        return {torch.bfloat16: "bf16", INT8: "int8"}.get(self.dtype, "fp32")
+        return next((name for name, dtype in PRECISIONS.items() if dtype is self.dtype), "fp32")
 
     def _inference(self, dtype: torch.dtype | None) -> InferenceGraph:
         dtype = None if dtype is INT8 else dtype  # int8 is built on the float32 graph
@@ -88,7 +89,8 @@ class Evaluator:
             self._graphs[dtype] = InferenceGraph.for_device(self.device, dtype)
         return self._graphs[dtype]
 
-    def _int8_available(self) -> bool:
+    def int8_available(self) -> bool:
+        """Whether this evaluator can score in int8: a CPU with oneDNN's int8 and fused float32 convolutions."""
         return self.device.type == "cpu" and int8_supported() and self._inference(None).pointwise
 
     def choose_precision(self, model: nn.Module) -> None:
@@ -101,13 +103,13 @@ class Evaluator:
             self.dtype = torch.bfloat16 if bf16_supported(self.device) else None
             return
         candidates = ([torch.bfloat16] if bf16_supported(self.device) else []) + \
-            ([INT8] if self._int8_available() and len(self.calib) else [])
+            ([INT8] if self.int8_available() and len(self.calib) else [])
         if not candidates:
             return
         fp32 = self.accuracy(model, dtype=None)
         self.amp_check = {"fp32": fp32}
         for dtype in candidates:
-            name = {torch.bfloat16: "bf16", INT8: "int8"}[dtype]
+            name = next(name for name, known in PRECISIONS.items() if known is dtype)
             self.amp_check[name] = self.accuracy(model, dtype=dtype)
             # rounded: 0.854 − 0.852 is 0.0020000000000000018 in floats, and 2 images in 1000 are within 0.2 pt
             if round(abs(fp32 - self.amp_check[name]), 9) <= AMP_TOLERANCE:
@@ -135,13 +137,12 @@ class Evaluator:
         fused = self._inference(dtype)(model, self.images[:1] if example is None else example)
         if dtype is not INT8:
             return fused
-        roots = self._int8.roots(fused)
         observed = self._observed
         if observed is not None and observed[0]() is model:
             maxima = observed[1]
         else:  # not recalibrated by this evaluator: observe the calibration images now
             with torch.inference_mode():
-                maxima = observe_maxima(fused, roots, self._calib_batches())
+                maxima = observe_maxima(fused, self._int8.roots(fused), self._calib_batches())
         return self._int8(fused, maxima)
 
     def _calib_batches(self) -> tuple[torch.Tensor, ...]:
@@ -158,8 +159,8 @@ class Evaluator:
         bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not bns or len(self.calib) == 0:
             return
-        sources = self._int8_sources(model) if self.dtype is INT8 else None
         model.eval()
+        sources = self._int8_sources(model) if self.dtype is INT8 else None  # traced in eval mode, once per graph
         momenta = [bn.momentum for bn in bns]
         for bn in bns:
             bn.reset_running_stats()

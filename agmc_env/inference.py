@@ -29,7 +29,8 @@ _BN_AFTER = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn
              nn.Linear: nn.BatchNorm1d}
 
 
-def _is_relu(node: fx.Node, kinds: dict[str, type]) -> bool:
+def is_relu(node: fx.Node, kinds: dict[str, type]) -> bool:
+    """A ReLU call or module (``kinds``: module name → type)."""
     if node.op == "call_function":
         return node.target in _RELUS and len(node.args) == 1
     return node.op == "call_module" and kinds.get(node.target) is nn.ReLU
@@ -156,13 +157,13 @@ def _fuse_pointwise(graph: fx.Graph, kinds: dict[str, type], origin: dict[str, s
         user = _only_user(conv)
         if user is None:
             continue
-        if _is_relu(user, kinds):
+        if is_relu(user, kinds):
             with graph.inserting_before(user):
                 fused = graph.call_function(torch.ops.mkldnn._convolution_pointwise.default,
                                             (x, w, b, *geometry, "relu", [], ""))
             relu, dead = user, (user, conv)
         elif user.target in _ADDS and len(user.args) == 2 and not user.kwargs \
-                and _only_user(user) is not None and _is_relu(_only_user(user), kinds):
+                and _only_user(user) is not None and is_relu(_only_user(user), kinds):
             other = user.args[1] if user.args[0] is conv else user.args[0]
             if not isinstance(other, fx.Node) or _shape(other) is None or _shape(other) != _shape(conv):
                 continue  # a broadcast add is not a oneDNN binary post-op

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from agmc_env.inference import is_relu
+
 _CONV = torch.ops.mkldnn._convolution_pointwise
 
 
@@ -96,12 +98,6 @@ def _fused_relu_conv(node: fx.Node) -> bool:
     if node.target is _CONV.default:
         return node.args[7] == "relu"
     return node.target is _CONV.binary and node.args[8] == "add" and node.args[10] == "relu"
-
-
-def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_function":
-        return node.target in (F.relu, torch.relu) and len(node.args) == 1
-    return node.op == "call_module" and type(modules.get(node.target)) is nn.ReLU
 
 
 _POOLS = (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
@@ -197,6 +193,7 @@ class Int8Graph:
 
     def _build(self, fused: fx.GraphModule) -> None:
         modules = dict(fused.named_modules())
+        kinds = {name: type(module) for name, module in modules.items()}
         order = {n: i for i, n in enumerate(fused.graph.nodes)}
         graph, env, slots = fx.Graph(), {}, {}
         root: dict[fx.Node, str] = {}  # a node computed in uint8 → the float32 node its scale comes from
@@ -256,7 +253,7 @@ class Int8Graph:
                 env[node], root[node] = graph.node_copy(node, lambda n: env[n]), root[node.args[0]]
             else:
                 env[node] = graph.node_copy(node, as_float)
-            if _fused_relu_conv(node) or _is_relu(node, modules) or (
+            if _fused_relu_conv(node) or is_relu(node, kinds) or (
                     (_is_layout(node, modules) or _is_pool(node, modules)) and node.args[0] in nonneg):
                 nonneg.add(node)
         for node in [n for n in graph.nodes if n.op == "get_attr" and not n.users]:  # the int8 convs' w<i>, b<i>

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from agmc_env.evaluate import AMP_CHOICES
+
 RESULTS = Path(__file__).parent / "results"
 COMBOS = [(a, e) for a in ("ddpg", "td3", "sac") for e in ("gnn", "gnn-lstm", "amc")]
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prefetch", choices=tuple(PREFETCH), default="auto",
                    help="DDPG/TD3 draw and unroll the next replay batch in a second thread (agents.prefetch); "
                         "auto: with ≥ 2 torch threads on a CPU")
-    p.add_argument("--amp", choices=("auto", "bf16", "int8", "off"),
+    p.add_argument("--amp", choices=AMP_CHOICES,
                    help="the env's scoring precision (default: the env's own, amp='auto')")
     p.add_argument("--out", default=str(RESULTS / "search_speed.md"))
     args = p.parse_args(argv)

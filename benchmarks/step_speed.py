@@ -37,7 +37,6 @@ from torch.nn.utils import prune
 from agmc_env import AGMCEnv, make_task
 from agmc_env.evaluate import Evaluator
 from agmc_env.pipeline import no_repair
-from agmc_env.quantized import int8_supported
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE_BATCH = {"cpu": 250, "cuda": 1000}  # the reference as first measured (agmc's old defaults)
@@ -109,10 +108,6 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def int8_available(device: torch.device) -> bool:
-    return device.type == "cpu" and int8_supported()
-
-
 def cpu_kind() -> str:
     """A file-name tag for this kind of CPU, e.g. ``amd_epyc_avx2`` or ``intel_xeon_bf16``."""
     vendor = "_".join(re.findall(r"[a-z0-9]+", cpu_name().lower().replace("(r)", ""))[:2])
@@ -144,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     env_fp32 = AGMCEnv(task=make_task("AGMC-ResNet56-v0", **common, **ours, amp="off"))
     # int8 shown too where amp="auto" picked something else (bf16 on a CPU that has it, or fp32)
     env_int8 = (AGMCEnv(task=make_task("AGMC-ResNet56-v0", **common, **ours, amp="int8"))
-                if env.task.evaluator.precision != "int8" and int8_available(env.task.device) else None)
+                if env.task.evaluator.precision != "int8" and env.task.evaluator.int8_available() else None)
     env_same = AGMCEnv(task=ref_task)  # the reference's own images: the exactness check
     calib = len(env.task.evaluator.calib)
     rng = np.random.default_rng(0)

@@ -22,7 +22,9 @@ per-sample features (keep ratios rounded to channel counts, the current decision
 so a ResNet-56 batch of 64 has ~850 distinct layer-1 and ~1150 distinct layer-2 node states among its
 225 × 64 node rows. :class:`_Unrolled` finds them once per batch tensor (exact integer keys) and each layer
 runs on the distinct states only: one sparse matmul ``S (H Wᵀ) + b`` per layer (layer 1 as ``(S X) Wᵀ + b``,
-with ``S X`` computed once per batch tensor), then sparse readout matmuls.
+with ``S X`` computed once per batch tensor), then sparse readout matmuls. Each sparse product (and its transpose in
+the backward) runs as torch's weighted ``embedding_bag`` over the CSR arrays, which beats the sparse-dense matmul
+on a CPU for these shapes.
 The GCNConv modules (and so the state_dict) are the same and every output row is the function PyG's
 ``Â (H Wᵀ) + b`` computes; only the summation order differs (float noise). Batches with differing graphs,
 and the other layer types, take the generic PyG path.
@@ -85,20 +87,28 @@ class _Sparse:
         return self._t
 
 
+def _times(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` for a sparse CSR ``a`` [R, C] and a dense ``x`` [C, H], as one weighted embedding-bag sum of x's rows
+    per row of ``a`` (the same products, summed in the row's order): on a CPU torch's embedding_bag kernel takes
+    about half the time of the sparse-dense matmul on these matrices (ResNet-56 graph readout of 199 rows: 0.17 ms
+    against 0.38 at one thread)."""
+    return nn.functional.embedding_bag(a.col_indices(), x.contiguous(), a.crow_indices()[:-1], mode="sum",
+                                       per_sample_weights=a.values())
+
+
 class _Aggregate(torch.autograd.Function):
-    """``a @ x (+ bias per feature)`` for a constant sparse ``a`` [R, C] and ``x`` [C, H]; the bias add is fused into
-    the sparse addmm, and the backward multiplies by ``a``'s transpose."""
+    """``a @ x (+ bias per feature)`` for a constant sparse ``a`` [R, C] and ``x`` [C, H]; the backward multiplies by
+    ``a``'s transpose."""
 
     @staticmethod
     def forward(ctx, a: _Sparse, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.sparse = a
-        if bias is None:
-            return a.a @ x
-        return torch.addmm(bias.unsqueeze(0), a.a, x)
+        out = _times(a.a, x)
+        return out if bias is None else out.add_(bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad_x = ctx.sparse.t @ grad if ctx.needs_input_grad[1] else None
+        grad_x = _times(ctx.sparse.t, grad) if ctx.needs_input_grad[1] else None
         grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
         return None, grad_x, grad_bias
 
@@ -268,7 +278,7 @@ class _Unrolled:
             self.layers.append(_Sparse(rows, cols, topo.weights[n][keep], (count, previous_count), ordered=True))
         # Layer 1's aggregation of the inputs, Â X (then · W₁ᵀ), holds no weights: computed once here for all the
         # encoder calls on this batch (five per gradient step), and its backward becomes a dense GEMM.
-        self.first = self.layers[0].a @ self.x
+        self.first = _times(self.layers[0].a, self.x)
         self._last = ids, count, perm  # the last (stable) sort's: what the readouts are built from
         self._readouts: dict[tuple[int, int], _Readout] = {}
         self._decision_nodes, self._topo, self._num_decisions = decision_nodes, topo, num_decisions

@@ -222,6 +222,26 @@ def test_dense_ids_are_torch_unique_on_node_major_keys(B):
     assert torch.equal(ids, inverse.view(N, B)) and count == len(unique)
 
 
+def test_sparse_products_equal_the_dense_ones_with_empty_rows_and_strided_inputs():
+    from agents.extractors import _Aggregate, _Sparse, _times
+
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(6, 9, generator=g) * (torch.rand(6, 9, generator=g) < 0.3)
+    dense[2] = 0.0  # an empty row: zeros out
+    rows, cols = dense.nonzero(as_tuple=True)
+    m = _Sparse(rows, cols, dense[rows, cols], tuple(dense.shape), ordered=True)
+    x = torch.randn(4, 9, generator=g).t()  # [9, 4], not contiguous
+    torch.testing.assert_close(_times(m.a, x), dense @ x)
+    x = x.clone().requires_grad_()
+    bias = torch.randn(4, generator=g, requires_grad=True)
+    out = _Aggregate.apply(m, x, bias)
+    torch.testing.assert_close(out, dense @ x + bias)
+    grad = torch.randn(6, 4, generator=g)
+    out.backward(grad)
+    torch.testing.assert_close(x.grad, dense.t() @ grad)  # through the transpose, its empty column included
+    torch.testing.assert_close(bias.grad, grad.sum(0))
+
+
 @pytest.mark.parametrize("values", [
     [0.203125, 1.0, 0.0, 0.203125, 0.5],  # keep ratios c / 64 and a 0/1 flag: whole multiples of 2^-12
     [1e9, 1e9 + 64.0, -3.0, 1e9],  # integers, but spread over ≥ 2^20 multiples: the bits

@@ -27,6 +27,7 @@ TRAIN_AMP = ("auto", "bf16", "off")  # what fine-tuning accepts: int8 is a scori
 AMP_TOLERANCE = 0.002  # accuracy as a fraction: 0.2 points
 INT8 = torch.int8  # ``Evaluator.dtype`` for oneDNN int8 scoring (not an autocast dtype)
 PRECISIONS = {"bf16": torch.bfloat16, "int8": INT8}  # amp / precision name → ``Evaluator.dtype`` (fp32: None)
+PRECISION_NAMES = {dtype: name for name, dtype in PRECISIONS.items()}  # ``Evaluator.dtype`` → precision name
 AMP_OF = {"fp32": "off", "bf16": "bf16", "int8": "int8"}  # ``Evaluator.precision`` → the ``amp`` that asks for it
 # Scoring batch: on 2-core AMD EPYC CPUs (AVX2 and AVX-512 kernels alike) 64 images beat 250 by 6-8 % and
 # 1000 by 2-4× (activations that fit the caches); on CUDA large batches fill the card.
@@ -81,7 +82,7 @@ class Evaluator:
 
     @property
     def precision(self) -> str:
-        return next((name for name, dtype in PRECISIONS.items() if dtype is self.dtype), "fp32")
+        return PRECISION_NAMES.get(self.dtype, "fp32")
 
     def _inference(self, dtype: torch.dtype | None) -> InferenceGraph:
         dtype = None if dtype is INT8 else dtype  # int8 is built on the float32 graph
@@ -109,7 +110,7 @@ class Evaluator:
         fp32 = self.accuracy(model, dtype=None)
         self.amp_check = {"fp32": fp32}
         for dtype in candidates:
-            name = next(name for name, known in PRECISIONS.items() if known is dtype)
+            name = PRECISION_NAMES[dtype]
             self.amp_check[name] = self.accuracy(model, dtype=dtype)
             # rounded: 0.854 − 0.852 is 0.0020000000000000018 in floats, and 2 images in 1000 are within 0.2 pt
             if round(abs(fp32 - self.amp_check[name]), 9) <= AMP_TOLERANCE:

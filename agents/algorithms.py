@@ -50,6 +50,7 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
 """
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -338,11 +339,15 @@ class AMCReplayBuffer(DictReplayBuffer):
         self._episode_len = 0
         self._static: dict[str, np.ndarray] | None = None  # key → its value in every transition so far
         self._static_rows: dict[str, torch.Tensor] = {}
+        self._serial = np.full(self.buffer_size, -1, dtype=np.int64)  # per row: which add() stored it
+        self._added = 0
+        self._token = secrets.randbits(62)  # names this buffer's rows to the graph extractor; new in each copy
 
     def add(self, obs, next_obs, action, reward, done, infos) -> None:
         kept = [(f, rows) for f, rows in self._elite if self.pos not in rows]  # dropped when overwritten
         if len(kept) < len(self._elite):
             self._elite, self._elite_version = kept, self._elite_version + 1
+        self._serial[self.pos], self._added = self._added, self._added + 1
         super().add(obs, next_obs, action, reward, done, infos)
         self._track_static(obs)
         self._track_static(next_obs)
@@ -406,7 +411,11 @@ class AMCReplayBuffer(DictReplayBuffer):
             both = both.to(self.device)
             gathered.append(both)
             data.observations[k], data.next_observations[k], demo[k] = both[E:E + B], both[E + B:], both[:E]
-        gathered_together(*gathered)
+        # which stored observation each gathered row is: its buffer row (next observations after all observations)
+        # and the add() that stored it, so the graph extractor interns each row's node states once
+        stored = np.concatenate([first.numpy(), batch_inds + self.buffer_size])
+        gathered_together(*gathered, rows=(self._token, torch.from_numpy(stored),
+                                           torch.from_numpy(self._serial[stored % self.buffer_size])))
         self._share_static(data.observations, B)
         self._share_static(data.next_observations, B)
         if elite is not None:
@@ -454,8 +463,11 @@ class AMCReplayBuffer(DictReplayBuffer):
         if not isinstance(state.get("_elite", []), list):
             rows = state["_elite"]
             state["_elite"] = [] if rows is None else [(max(state["_finals"]), rows)]
-        state = {"elites": 1, "imitate": False, "_elite_version": 0, "_demo": None, "_include": None, **state}
+        size = state["buffer_size"]  # before rows had serials: each row's own, new rows' above them
+        state = {"elites": 1, "imitate": False, "_elite_version": 0, "_demo": None, "_include": None,
+                 "_serial": np.arange(size, dtype=np.int64), "_added": size, **state}
         self.__dict__.update(state)
+        self._token = secrets.randbits(62)  # a copy's rows may change apart from the original's
 
     def _scaled(self, data):
         if self.use_scale:

@@ -20,8 +20,9 @@ topology). The replay buffer (``agents.algorithms.AMCReplayBuffer``) hands the s
 expanded row, so the check reads no data. On that graph the batch's node rows are mostly repeats: the
 per-sample features (keep ratios rounded to channel counts, the current decision) take few values per node,
 so a ResNet-56 batch of 64 has ~850 distinct layer-1 and ~1150 distinct layer-2 node states among its
-225 × 64 node rows. :class:`_Unrolled` finds them once per batch tensor (exact integer keys) and each layer
-runs on the distinct states only: one sparse matmul ``S (H Wᵀ) + b`` per layer (layer 1 as ``(S X) Wᵀ + b``,
+225 × 64 node rows. :class:`_Unrolled` finds them once per batch tensor (exact ids from
+``agents.node_states``, which interns each stored observation's states once) and each layer runs on the distinct
+states only: one sparse matmul ``S (H Wᵀ) + b`` per layer (layer 1 as ``(S X) Wᵀ + b``,
 with ``S X`` computed once per batch tensor), then sparse readout matmuls. Each sparse product (and its transpose in
 the backward) runs as torch's weighted ``embedding_bag`` over the CSR arrays, which beats the sparse-dense matmul
 on a CPU for these shapes.
@@ -33,7 +34,9 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -48,6 +51,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm  # noqa: E402
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor  # noqa: E402
 from torch import nn  # noqa: E402
 
+from agents.node_states import NodeStates, Stored  # noqa: E402
 from agmc_env.env import LAYER_FEATURES  # noqa: E402
 
 BUDGET_FEATURES = ("reduced", "rest", "prev_action")  # of the env's LAYER_FEATURES: where the budget stands
@@ -73,16 +77,16 @@ class _Sparse:
     backward needs it, and the batches the target networks see never go backward."""
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
-                 ordered: bool = False, transposed: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
+                 ordered: bool = False, transposed: Callable[[], tuple[torch.Tensor, ...]] | None = None):
         self.a = _csr(rows, cols, values, shape, ordered)
         self._entries, self._transposed, self._t = (rows, cols, values, shape), transposed, None
 
     @property
     def t(self) -> torch.Tensor:
-        """Aᵀ: from ``transposed`` (its entries already row-major) when given, else by one sort of A's entries."""
+        """Aᵀ: from ``transposed()`` (its entries, row-major) when given, else by one sort of A's entries."""
         if self._t is None:
             rows, cols, values, (r, c) = self._entries
-            self._t = _csr(*self._transposed, (c, r), ordered=True) if self._transposed is not None \
+            self._t = _csr(*self._transposed(), (c, r), ordered=True) if self._transposed is not None \
                 else _csr(cols, rows, values, (c, r))
         return self._t
 
@@ -111,54 +115,6 @@ class _Aggregate(torch.autograd.Function):
         grad_x = _times(ctx.sparse.t, grad) if ctx.needs_input_grad[1] else None
         grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
         return None, grad_x, grad_bias
-
-
-def _dense_ids(key: torch.Tensor, stable: bool = False) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """int64 keys [N, B], node-major (each row's keys lie below the next row's) → ids 0..U-1 in key order (equal
-    keys, equal ids) in the key's shape, U, and each row's sort permutation (``ids.gather(1, perm)`` is
-    non-decreasing read row after row; ``stable``: equal keys keep their order). Sorting each row and one pass over
-    the rows laid end to end is ``torch.unique``'s global sort, at half the cost."""
-    values, perm = torch.sort(key, dim=1, stable=stable)  # stable only when asked: it costs more
-    unique, inverse = torch.unique_consecutive(values.reshape(-1), return_inverse=True)
-    ids = torch.empty(key.shape, dtype=key.dtype, device=key.device)  # key may be an expanded view
-    ids.scatter_(1, perm, inverse.view(key.shape))
-    return ids, len(unique), perm
-
-
-def _combine(key: torch.Tensor, bound: int, columns: list[tuple[torch.Tensor, int]],
-             stable: bool = False) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """:func:`_dense_ids` of the tuples (key, column values…): key < bound, each column's values in [0, radix).
-    Packed as key·radix + value, exact; re-densified whenever the next packing could overflow int64."""
-    for values, radix in columns:
-        if bound * radix >= 2 ** 62:
-            key, bound, _ = _dense_ids(key)
-        key, bound = key * radix + values, bound * radix
-    return _dense_ids(key, stable)
-
-
-def _value_ids(column: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Exact integer ids of a column's values, and their bound; no sort for float32. Values that are all whole
-    multiples of 2^-12 (keep ratios c / C of power-of-two channel counts, 0/1 flags), spanning fewer than 2^20 of
-    them, become those integers less the smallest: three such columns and the node index pack into one int64 key,
-    so layer 0 needs one sort. Other float32 columns: the bits less the smallest (equal bits, equal values; 0.0 and
-    -0.0 get two ids). Other dtypes: the rank among the distinct values."""
-    if column.dtype == torch.float32:
-        scaled = column * 4096.0  # exact: a power of two
-        low, high = torch.aminmax(scaled)
-        # below 2^20 the differences are exact in float32; NaN and inf fail the comparison
-        if bool(high - low < 2 ** 20) and torch.equal(scaled, scaled.round()):
-            return (scaled - low).long(), int(high - low) + 1
-        bits = column.view(torch.int32).long() & 0xFFFFFFFF
-        low, high = torch.aminmax(bits)
-        return bits - low, int(high - low) + 1
-    values, inverse = torch.unique(column, return_inverse=True)
-    return inverse, len(values)
-
-
-def _representatives(ids: torch.Tensor, count: int) -> torch.Tensor:
-    """For each id, the flat index of one position holding it (any: they are equal by construction)."""
-    flat = ids.reshape(-1)
-    return flat.new_empty(count).scatter_(0, flat, torch.arange(len(flat), device=flat.device))
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int],
@@ -204,13 +160,34 @@ class _Topology:
         self.padded = torch.where(self.valid, self.neighbours, N)  # empty slots → row N: zeros appended to the ids
         self.weights = torch.where(self.valid, self.adj.values()[at], 0)
 
+        self._states: dict[int, NodeStates] = {}
+
     def matches(self, obs: dict[str, torch.Tensor]) -> bool:
         return all(torch.equal(obs[k][0], v) for k, v in self.key.items())
+
+    def node_states(self, layers: int) -> NodeStates:
+        """This graph's interned node states for ``layers`` graph layers, one table for all the extractors on the
+        same graph (actor, critic and their targets): each state is interned once."""
+        if layers not in self._states:
+            with _NODE_STATES_LOCK:
+                found = [states for topo, states in _NODE_STATES if states.layers == layers
+                         and topo.adj.device == self.adj.device and topo.adj.dtype == self.adj.dtype
+                         and self.same_graph(topo)]
+                if not found:
+                    found = [NodeStates(self.padded, self.valid, self.weights, layers)]
+                    _NODE_STATES.insert(0, (self, found[0]))
+                    del _NODE_STATES[4:]  # the graphs met most recently
+            self._states[layers] = found[0]
+        return self._states[layers]
 
     def same_graph(self, other: _Topology) -> bool:
         return self is other or (self.key.keys() == other.key.keys()
                                  and all(torch.equal(v, other.key[k]) for k, v in self.key.items())
                                  and torch.equal(self.adj.values(), other.adj.values()))
+
+
+_NODE_STATES: list[tuple[_Topology, NodeStates]] = []  # newest first
+_NODE_STATES_LOCK = threading.Lock()
 
 
 def _rows_of(t: torch.Tensor, joint: list[torch.Tensor]) -> tuple[torch.Tensor, int, int] | None:
@@ -243,65 +220,46 @@ class _Unrolled:
 
     A node's value after layer ℓ depends only on the features of its ℓ-hop neighbourhood, and these repeat
     across the batch. Each (node, sample) gets an id per layer, equal for two rows iff their inputs to that
-    layer are: layer 0 keys on (node, x row), layer ℓ on (node, layer-(ℓ-1) ids of its neighbours in Â) — exact
-    integer keys. Layer ℓ then computes one row per id, ``S_ℓ (H_{ℓ-1} W_ℓᵀ) + b_ℓ``, where S_ℓ [U_ℓ, U_{ℓ-1}]
-    holds Â's weights between the ids; :meth:`readout` maps the last ids to the rows of a part of the batch,
-    with the masks and means folded into the weights."""
+    layer are: layer 0 keys on (node, x row), layer ℓ on (node, layer-(ℓ-1) ids of its neighbours in Â)
+    (:class:`agents.node_states.NodeStates`; rows of a replay buffer, named with :meth:`joint`'s ``rows``, are
+    interned once and then looked up). Layer ℓ then computes one row per id, ``S_ℓ (H_{ℓ-1} W_ℓᵀ) + b_ℓ``, where
+    S_ℓ [U_ℓ, U_{ℓ-1}] holds Â's weights between the ids; :meth:`readout` maps the last ids to the rows of a part
+    of the batch, with the masks and means folded into the weights."""
 
-    # Per Python thread: the batches it unrolled most recently (newest first) and the tensors it last marked with
-    # joint(). A thread that prepares batches ahead (agents.prefetch) hands both over with handover() / adopt().
+    # Per Python thread: the batches it unrolled most recently (newest first), the tensors it last marked with
+    # joint() and their rows. A thread that prepares batches ahead (agents.prefetch) hands them over with
+    # handover() / adopt().
     _local = threading.local()
 
     def __init__(self, x: torch.Tensor, decision_nodes: torch.Tensor, topo: _Topology, layers: int,
-                 num_decisions: int | None) -> None:
-        B, N, _ = x.shape
-        node = torch.arange(N, device=x.device).view(N, 1).expand(N, B)
-        varying = (x.amax(0) != x.amin(0)).any(0).nonzero().view(-1).tolist()  # columns not equal in every row
-        ids, count, perm = _combine(node, N, [_value_ids(x[:, :, c].t().contiguous()) for c in varying],
-                                    stable=layers == 0)
-        rep = _representatives(ids, count)
-        self.x = x[rep % B, rep // B]  # [U_0, F]: one row per id
-        self.layers: list[_Sparse] = []
-        for layer in range(layers):
-            # [N, D, B], 0 in empty slots; a gather from the ids padded with a zero row, as a broadcasting
-            # torch.where over [N, D, B] costs ~10x the gather on a CPU
-            around = torch.cat([ids, ids.new_zeros(1, B)])[topo.padded]
-            previous, previous_count = ids, count
-            ids, count, perm = _combine(node, N, [(around[:, d], previous_count) for d in range(around.shape[1])],
-                                        stable=layer == layers - 1)
-            rep = _representatives(ids, count)
-            n, b = rep // B, rep % B
-            keep = topo.valid[n]  # [U, D]
-            rows = torch.arange(count, device=x.device).unsqueeze(1).expand_as(keep)[keep]
-            cols = previous[topo.neighbours[n], b.unsqueeze(1)][keep]
-            # Row-major already: ids grow with the node index, and Â's columns are sorted in each row.
-            self.layers.append(_Sparse(rows, cols, topo.weights[n][keep], (count, previous_count), ordered=True))
+                 num_decisions: int | None, rows: Stored | None = None) -> None:
+        states = topo.node_states(layers)
+        self.x, maps, last = states.unroll(states.ids(x, rows))
+        self.layers = [_Sparse(*entries, ordered=True) for entries in maps]
         # Layer 1's aggregation of the inputs, Â X (then · W₁ᵀ), holds no weights: computed once here for all the
         # encoder calls on this batch (five per gradient step), and its backward becomes a dense GEMM.
         self.first = _times(self.layers[0].a, self.x)
-        self._last = ids, count, perm  # the last (stable) sort's: what the readouts are built from
+        self._last = last, self.layers[-1].a.shape[0]  # what the readouts are built from
         self._readouts: dict[tuple[int, int], _Readout] = {}
         self._decision_nodes, self._topo, self._num_decisions = decision_nodes, topo, num_decisions
 
     def readout(self, rows: tuple[int, int] | None = None) -> _Readout:
         """The readouts of the batch's rows ``rows`` = (first, end) (all by default), built on first use."""
-        ids, count, perm = self._last
-        rows = rows or (0, ids.shape[1])
-        if rows not in self._readouts:
-            low, high = rows
-            if rows != (0, ids.shape[1]):  # these columns, each row still in the stable sort's order
-                ids, perm = ids[:, low:high], perm[(perm >= low) & (perm < high)].view(len(ids), -1) - low
-            current, graph = self._read(ids, count, perm, self._decision_nodes[low:high], self._topo)
+        ids, count = self._last
+        low, high = rows or (0, ids.shape[1])
+        if (low, high) not in self._readouts:
+            ids = ids[:, low:high]  # these samples' columns
+            current, graph = self._read(ids, count, self._decision_nodes[low:high], self._topo)
             decisions = None if self._num_decisions is None else self._decisions(ids, count, self._topo,
                                                                                   self._num_decisions)
-            self._readouts[rows] = _Readout(current, graph, decisions)
-        return self._readouts[rows]
+            self._readouts[low, high] = _Readout(current, graph, decisions)
+        return self._readouts[low, high]
 
     @staticmethod
-    def _read(ids: torch.Tensor, count: int, perm: torch.Tensor, decision_nodes: torch.Tensor,
-              topo: _Topology) -> tuple[_Sparse, _Sparse]:
-        """The current decision's node mean and the graph's node mean, B rows each ← last layer's ids. No sort: a
-        sample's ids grow with the node index (A's rows), and read in ``perm``'s order the ids grow (Aᵀ's rows)."""
+    def _read(ids: torch.Tensor, count: int, decision_nodes: torch.Tensor, topo: _Topology) -> tuple[_Sparse, _Sparse]:
+        """The current decision's node mean and the graph's node mean, B rows each ← last layer's ids. No sort for
+        A: a sample's ids grow with the node index; Aᵀ (built only for a backward) sorts each node's ids once,
+        which read node after node then grow."""
         B = ids.shape[1]
         weights = decision_nodes * topo.node_mask / decision_nodes.sum(1, keepdim=True).clamp_min(1.0)  # [B, N]
         b, n = weights.nonzero(as_tuple=True)  # by sample, then node
@@ -309,9 +267,13 @@ class _Unrolled:
         real = topo.node_mask.nonzero().view(-1)
         share = topo.node_mask[real] / topo.count  # [R]
         sample = torch.arange(B, device=ids.device)
+
+        def transposed() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            ordered, perm = torch.sort(ids[real], dim=1, stable=True)
+            return ordered.reshape(-1), perm.reshape(-1), share.repeat_interleave(B)
+
         graph = _Sparse(sample.repeat_interleave(len(real)), ids[real].t().reshape(-1), share.repeat(B), (B, count),
-                        ordered=True, transposed=(ids.gather(1, perm)[real].reshape(-1), perm[real].reshape(-1),
-                                                  share.repeat_interleave(B)))
+                        ordered=True, transposed=transposed)
         return current, graph
 
     @staticmethod
@@ -324,10 +286,11 @@ class _Unrolled:
         return _Sparse(rows.reshape(-1), ids[n].reshape(-1), values.reshape(-1), (num_decisions * B, count))
 
     @classmethod
-    def joint(cls, *tensors: torch.Tensor) -> None:
+    def joint(cls, *tensors: torch.Tensor, rows: Stored | None = None) -> None:
         """Mark tensors (one per observation key the unroll reads: ``x``, ``decision_nodes``) whose row ranges are
-        handed over as separate batches: each range's encoder call then reuses one unroll of the whole tensor."""
-        cls._local.joint = list(tensors)
+        handed over as separate batches: each range's encoder call then reuses one unroll of the whole tensor.
+        ``rows``: where their rows were stored (see :meth:`NodeStates.ids`)."""
+        cls._local.joint, cls._local.rows = list(tensors), rows
 
     @classmethod
     def recent(cls) -> list[_Unrolled]:
@@ -344,37 +307,41 @@ class _Unrolled:
         tensor) or two, SAC's in the order obs, next, next, obs, obs. The cache keeps the tensors alive and checks
         their versions, so a tensor changed in place is unrolled again."""
         joint = getattr(cls._local, "joint", [])
-        ranges, rows = (_rows_of(x, joint), _rows_of(decision_nodes, joint)), None
+        ranges, rows, stored = (_rows_of(x, joint), _rows_of(decision_nodes, joint)), None, None
         if None not in ranges and ranges[0][1:] == ranges[1][1:]:
             (x, *rows), (decision_nodes, *_) = ranges
-            rows = tuple(rows)
+            rows, stored = tuple(rows), cls._local.rows
         key = (x._version, decision_nodes._version, layers, num_decisions)
         for unrolled in cls.recent():
             if unrolled.inputs[0] is x and unrolled.inputs[1] is decision_nodes and unrolled.key == key \
                     and unrolled.topo.same_graph(topo):
                 return unrolled, unrolled.readout(rows)
-        unrolled = cls(x, decision_nodes, topo, layers, num_decisions)
+        unrolled = cls(x, decision_nodes, topo, layers, num_decisions, stored)
         unrolled.inputs, unrolled.key, unrolled.topo = (x, decision_nodes), key, topo
         cls._local.recent = [unrolled] + cls.recent()[:1]
         return unrolled, unrolled.readout(rows)
 
 
-def gathered_together(*tensors: torch.Tensor) -> None:
+def gathered_together(*tensors: torch.Tensor, rows: Stored | None = None) -> None:
     """Say that row ranges of these tensors (e.g. a replay batch's ``x`` and ``decision_nodes`` for observations,
     next observations and demonstrations) will be handed over as separate batches: the graph extractor then
-    unrolls each tensor once for all of them. Only the calling thread's last call's tensors are remembered."""
-    _Unrolled.joint(*tensors)
+    unrolls each tensor once for all of them. Only the calling thread's last call's tensors are remembered.
+    ``rows`` = (source, row, serial): which stored observation each row is — a token of its store (a replay buffer),
+    and int64 [len] each, its row there and a serial that changes whenever the row is overwritten; the graph
+    extractor then interns each stored row's node states once, not once per batch."""
+    _Unrolled.joint(*tensors, rows=rows)
 
 
-def handover() -> tuple[list[torch.Tensor], list[_Unrolled]]:
-    """The calling thread's marked tensors and recent unrolls, for :func:`adopt` in the thread that will run the
-    forward passes on the batches it prepared."""
-    return list(getattr(_Unrolled._local, "joint", [])), list(_Unrolled.recent())
+def handover() -> tuple[list[torch.Tensor], Any, list[_Unrolled]]:
+    """The calling thread's marked tensors, their rows and its recent unrolls, for :func:`adopt` in the thread that
+    will run the forward passes on the batches it prepared."""
+    local = _Unrolled._local
+    return list(getattr(local, "joint", [])), getattr(local, "rows", None), list(_Unrolled.recent())
 
 
-def adopt(state: tuple[list[torch.Tensor], list[_Unrolled]]) -> None:
+def adopt(state: tuple[list[torch.Tensor], Any, list[_Unrolled]]) -> None:
     """Make another thread's :func:`handover` the calling thread's own."""
-    _Unrolled._local.joint, _Unrolled._local.recent = list(state[0]), list(state[1])
+    _Unrolled._local.joint, _Unrolled._local.rows, _Unrolled._local.recent = list(state[0]), state[1], list(state[2])
 
 
 class GraphEncoderExtractor(BaseFeaturesExtractor):

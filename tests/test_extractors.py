@@ -202,26 +202,6 @@ def test_unrolled_batch_follows_the_tensor_and_its_version():
     assert torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
 
 
-@pytest.mark.parametrize("B", [1, 7, 64])
-def test_dense_ids_are_torch_unique_on_node_major_keys(B):
-    from agents.extractors import _combine, _dense_ids
-
-    g = torch.Generator().manual_seed(B)
-    N = 13
-    node = torch.arange(N).view(N, 1).expand(N, B)  # an expanded view, as the unroll's first key
-    ids, count, _ = _dense_ids(node)
-    assert torch.equal(ids, node) and count == N
-    key = node * 50 + torch.randint(0, 50, (N, B), generator=g)
-    ids, count, _ = _dense_ids(key)
-    unique, inverse = torch.unique(key.reshape(-1), return_inverse=True)
-    assert torch.equal(ids.reshape(-1), inverse) and count == len(unique)
-    first, second = (torch.randint(0, 4, (N, B), generator=g) * 2 ** 30 for _ in range(2))  # < 2^32
-    ids, count, _ = _combine(node, N, [(first, 2 ** 32), (second, 2 ** 32)])  # re-densifies before the second
-    rows = torch.stack([node.reshape(-1), first.reshape(-1), second.reshape(-1)], 1)
-    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)  # lexicographic: node-major
-    assert torch.equal(ids, inverse.view(N, B)) and count == len(unique)
-
-
 def test_sparse_products_equal_the_dense_ones_with_empty_rows_and_strided_inputs():
     from agents.extractors import _Aggregate, _Sparse, _times
 
@@ -240,27 +220,6 @@ def test_sparse_products_equal_the_dense_ones_with_empty_rows_and_strided_inputs
     out.backward(grad)
     torch.testing.assert_close(x.grad, dense.t() @ grad)  # through the transpose, its empty column included
     torch.testing.assert_close(bias.grad, grad.sum(0))
-
-
-@pytest.mark.parametrize("values", [
-    [0.203125, 1.0, 0.0, 0.203125, 0.5],  # keep ratios c / 64 and a 0/1 flag: whole multiples of 2^-12
-    [1e9, 1e9 + 64.0, -3.0, 1e9],  # integers, but spread over ≥ 2^20 multiples: the bits
-    [0.25, 0.25000003, 0.1, 1 / 3, 0.1, -0.0, 0.0],  # not all dyadic: the bits (0.0 and -0.0 may part)
-    [float("nan"), 1.0, float("inf"), 1.0],
-])
-def test_value_ids_give_equal_values_equal_ids_within_their_bound(values):
-    from agents.extractors import _value_ids
-
-    column = torch.tensor(values, dtype=torch.float32).view(1, -1).expand(3, -1)  # [N, B] as the unroll's
-    ids, bound = _value_ids(column)
-    assert ids.dtype == torch.long and ids.shape == column.shape and 0 <= int(ids.min()) and int(ids.max()) < bound
-    for i in range(len(values)):
-        for j in range(len(values)):
-            same_bits = column[0, i].view(torch.int32) == column[0, j].view(torch.int32)
-            if same_bits:
-                assert ids[0, i] == ids[0, j]
-            elif column[0, i] != column[0, j]:  # different values (NaN differs from all): different ids
-                assert ids[0, i] != ids[0, j]
 
 
 def test_the_budget_state_is_appended_to_the_graph_embedding():

@@ -51,7 +51,8 @@ by 3.6 pt (1 seed) — benchmarks/results/search_settings_*.md:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -68,7 +69,7 @@ from torch.nn import functional as F
 
 from agents.extractors import EMBEDDINGS, GraphEncoderExtractor, adopt, gathered_together, handover
 from agents.noise import SCALED_FLOOR, AMCNoise, TruncatedNormalExploration, check_sigma_floor, scaled_decay
-from agents.prefetch import prefetch_default, prefetched
+from agents.prefetch import helper_thread, prefetch_default
 
 CREDITS = ("terminal", "episode")
 SELF_IMITATION = 10.0  # DDPG's default λ, chosen on ResNet-20's reward split
@@ -132,13 +133,15 @@ class TD3Update:
     """Mixin for SB3's TD3 and DDPG (a TD3 with one critic, no target noise and no policy delay): ``TD3.train``
     step for step, the same draws and arithmetic, but the target networks' Polyak averaging is two foreach ops
     over all their tensors instead of SB3's two ops per tensor (0.42 → 0.06 ms per gradient step on a CPU core
-    for the graph agents' 20 tensors; tests/test_update_equivalence.py checks the parameters bit for bit).
+    for the graph agents' 20 tensors; tests/test_update_equivalence.py checks the parameters bit for bit). With
+    ``prefetch_batches`` the parts of a step that wait for no other part run in a helper thread (the next draw,
+    the target pass, the critic's view for the actor loss; ``agents.prefetch``), the same calls in the same order.
     ``self_imitation`` (saved with the agent) adds the imitation term to the actor loss, at every step of the best
     episodes or, with ``imitation_filter``, only where the critic rates their actions higher (the Q-filter)."""
 
     self_imitation: float = 0.0
     imitation_filter: bool = True  # class default: agents saved before the option existed filtered
-    prefetch_batches: bool | None = None  # None: agents.prefetch.prefetch_default (a run-time choice, not learning)
+    prefetch_batches: bool | None = None  # a helper thread; None: see _helper (a run-time choice, not learning)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         self.policy.set_training_mode(True)
@@ -147,80 +150,121 @@ class TD3Update:
         target = [*self.critic_target.parameters(), *self.actor_target.parameters()]
         actor_losses, critic_losses = [], []
         self.replay_buffer.imitate = bool(self.self_imitation)  # gather the best episodes with each batch
-        for data, elite, unrolls in self._batches(gradient_steps, batch_size):
-            adopt(unrolls)
-            self._n_updates += 1
-            discounts = data.discounts if data.discounts is not None else self.gamma
-            with torch.no_grad():  # the target: smoothed next action, the smaller of the target critics
-                noise = data.actions.clone().normal_(0, self.target_policy_noise)
-                noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
-                next_actions = (self.actor_target(data.next_observations) + noise).clamp(-1, 1)
-                next_q = torch.cat(self.critic_target(data.next_observations, next_actions), dim=1)
-                target_q = data.rewards + (1 - data.dones) * discounts * next_q.min(dim=1, keepdim=True).values
-            critic_loss = sum(F.mse_loss(q, target_q) for q in self.critic(data.observations, data.actions))
-            critic_losses.append(critic_loss.item())
-            self.critic.optimizer.zero_grad()
-            critic_loss.backward()
-            self.critic.optimizer.step()
-            if self._n_updates % self.policy_delay == 0:
-                actor_loss = self._actor_loss(data.observations, elite)
-                actor_losses.append(actor_loss.item())
-                self.actor.optimizer.zero_grad()
-                actor_loss.backward()
-                self.actor.optimizer.step()
-                with torch.no_grad():  # SB3's polyak_update: target ← target·(1 − τ), then + τ·online
-                    torch._foreach_mul_(target, 1 - self.tau)
-                    torch._foreach_add_(target, online, alpha=self.tau)
-                polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
-                polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
+        # run(task): in a helper thread (the next batch, the target pass, the critic's view), or at once
+        with helper_thread(self._helper()) as run:
+            batch = run(partial(self._draw, batch_size))
+            for step in range(gradient_steps):
+                data, elite, unrolls = batch.result()
+                adopt(unrolls)
+                self._n_updates += 1
+                with torch.no_grad():  # drawn here, in the same order as without a helper
+                    noise = data.actions.clone().normal_(0, self.target_policy_noise)
+                    noise = noise.clamp(-self.target_noise_clip, self.target_noise_clip)
+                target_q = run(partial(_adopting, unrolls, self._target_q, data, noise))
+                q_values = self.critic(data.observations, data.actions)  # while the helper computes the target
+                critic_loss = sum(F.mse_loss(q, target_q.result()) for q in q_values)
+                critic_losses.append(critic_loss.item())
+                self.critic.optimizer.zero_grad()
+                critic_loss.backward()
+                self.critic.optimizer.step()
+                update_actor = self._n_updates % self.policy_delay == 0
+                view = run(partial(_adopting, unrolls, self._critic_view, data.observations, elite)) \
+                    if update_actor else None
+                if step + 1 < gradient_steps:  # after the view: the helper runs its tasks in order
+                    batch = run(partial(self._draw, batch_size))
+                if update_actor:
+                    actor_loss = self._actor_loss(data.observations, elite, view.result)
+                    actor_losses.append(actor_loss.item())
+                    self.actor.optimizer.zero_grad()
+                    actor_loss.backward()
+                    self.actor.optimizer.step()
+                    with torch.no_grad():  # SB3's polyak_update: target ← target·(1 − τ), then + τ·online
+                        torch._foreach_mul_(target, 1 - self.tau)
+                        torch._foreach_add_(target, online, alpha=self.tau)
+                    polyak_update(self.critic_batch_norm_stats, self.critic_batch_norm_stats_target, 1.0)
+                    polyak_update(self.actor_batch_norm_stats, self.actor_batch_norm_stats_target, 1.0)
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         if actor_losses:
             self.logger.record("train/actor_loss", np.mean(actor_losses))
         self.logger.record("train/critic_loss", np.mean(critic_losses))
 
-    def _batches(self, steps: int, batch_size: int) -> Iterator[tuple[Any, Demonstration | None, Any]]:
-        """``steps`` × (replay batch, the best episodes gathered with it or None, the unrolls prepared for it). With
-        ``prefetch_batches`` each is drawn, and its graphs unrolled, in a worker thread during the previous step: the
-        same draws in the same order. None: on where :func:`agents.prefetch.prefetch_default` says so, for the graph
-        encoder without the LSTM decoder: with it, the update gains more from two intra-op threads than from
-        prefetching (ResNet-56, 2 threads: 1.87 s per update without, 2.40 s with; gnn: 0.98 s → 0.84 s)."""
+    def _helper(self) -> bool:
+        """Whether the update uses a helper thread (``prefetch_batches``; None: where
+        :func:`agents.prefetch.prefetch_default` says so, for the graph encoder without the LSTM decoder: with it,
+        the update gains more from two intra-op threads (ResNet-56, 2 threads: 1.87 s per update without a helper,
+        2.40 s with one; gnn: 0.98 s → 0.84 s)."""
+        if self.prefetch_batches is not None:
+            return self.prefetch_batches
         extractor = self.actor.features_extractor
-        graph = isinstance(extractor, GraphEncoderExtractor)
-        prefetch = self.prefetch_batches
-        if prefetch is None:
-            prefetch = graph and extractor.decoder == "none" and prefetch_default(self.device)
-        unroll = prefetch and graph
+        return isinstance(extractor, GraphEncoderExtractor) and extractor.decoder == "none" \
+            and prefetch_default(self.device)
 
-        def draw() -> tuple[Any, Demonstration | None, Any]:
-            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
-            elite = self.replay_buffer.elite() if self.self_imitation else None
-            if unroll:  # what the step's forward passes will look up: targets, critic, actor (+ the elite)
-                extractor.unroll(data.next_observations, backward=False)
-                extractor.unroll(data.observations)
-                if elite is not None:
-                    extractor.unroll(_joined(elite.observations, data.observations))
-            return data, elite, handover()
+    def _draw(self, batch_size: int) -> tuple[Any, Demonstration | None, Any]:
+        """A replay batch, the best episodes gathered with it (or None), and the graph unrolls its forward passes
+        will look up (targets, critic, actor with the best episodes), prepared ahead: they read no weight. Handed
+        over for :func:`adopt`; the calling thread's own unrolls stay those of the step it may be running."""
+        running = handover()
+        data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+        elite = self.replay_buffer.elite() if self.self_imitation else None
+        extractor = self.actor.features_extractor
+        if isinstance(extractor, GraphEncoderExtractor):
+            extractor.unroll(data.next_observations, backward=False)
+            extractor.unroll(data.observations)
+            if elite is not None:
+                extractor.unroll(_joined(elite.observations, data.observations))
+        prepared = handover()
+        adopt(running)
+        return data, elite, prepared
 
-        return prefetched(draw, steps) if prefetch else (draw() for _ in range(steps))
+    def _target_q(self, data: Any, noise: torch.Tensor) -> torch.Tensor:
+        """The critic's target: reward + discounted smaller target-critic Q of the smoothed next action."""
+        discounts = data.discounts if data.discounts is not None else self.gamma
+        with torch.no_grad():
+            next_actions = (self.actor_target(data.next_observations) + noise).clamp(-1, 1)
+            next_q = torch.cat(self.critic_target(data.next_observations, next_actions), dim=1)
+            return data.rewards + (1 - data.dones) * discounts * next_q.min(dim=1, keepdim=True).values
 
-    def _actor_loss(self, obs: dict[str, torch.Tensor], elite: Demonstration | None) -> torch.Tensor:
+    def _critic_view(self, obs: dict[str, torch.Tensor],
+                     elite: Demonstration | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the actor loss needs of the critic as just stepped, without gradient: its features of the states
+        (the best episodes' and the batch's, as one batch, when imitating) and, for the Q-filter, its Q of the best
+        episodes' own actions (else None)."""
+        with torch.no_grad():
+            if elite is None or not self.self_imitation:
+                return self.critic.extract_features(obs, self.critic.features_extractor), None
+            features = self.critic.extract_features(_joined(elite.observations, obs), self.critic.features_extractor)
+            theirs = self.critic.q_networks[0](torch.cat([features[:len(elite.actions)], elite.actions], dim=1)) \
+                if self.imitation_filter else None
+            return features, theirs
+
+    def _actor_loss(self, obs: dict[str, torch.Tensor], elite: Demonstration | None,
+                    view: Callable[[], tuple[torch.Tensor, torch.Tensor | None]] | None = None) -> torch.Tensor:
         """−Q(s, π(s)) over the batch, plus λ × the behaviour cloning towards ``elite``, the best episodes so far
         (``replay_buffer.elite()``; None before there is one or without self-imitation; with ``imitation_filter``
         Q-filtered). The batch and the best episodes' states go through the actor, and through the critic's
-        features, as one batch: one encoder pass each instead of two, the same values."""
+        features, as one batch: one encoder pass each instead of two, the same values. ``view()``: the
+        :meth:`_critic_view` of these states, taken after the actor's forward pass (a helper may compute it
+        meanwhile); by default computed then."""
+        view = view or partial(self._critic_view, obs, elite)
+        q1 = self.critic.q_networks[0]
         if elite is None or not self.self_imitation:
-            return -self.critic.q1_forward(obs, self.actor(obs)).mean()
+            actions = self.actor(obs)
+            return -_input_grad_only(q1, torch.cat([view()[0], actions], dim=1)).mean()
         B = len(elite.actions)
-        both = _joined(elite.observations, obs)
-        actions = self.actor(both)
+        actions = self.actor(_joined(elite.observations, obs))
         mine, own = actions[:B], actions[B:]
+        features, theirs = view()
         with torch.no_grad():
-            features = self.critic.extract_features(both, self.critic.features_extractor)
-            q1 = self.critic.q_networks[0]
-            better = q1(torch.cat([features[:B], elite.actions], dim=1)) > q1(torch.cat([features[:B], mine], dim=1)) \
-                if self.imitation_filter else 1.0
+            better = theirs > q1(torch.cat([features[:B], mine], dim=1)) if self.imitation_filter else 1.0
         q = _input_grad_only(q1, torch.cat([features[B:], own], dim=1))
         return -q.mean() + self.self_imitation * (better * (mine - elite.actions) ** 2).sum(dim=1).mean()
+
+
+def _adopting(unrolls: Any, task: Callable[..., Any], *args: Any) -> Any:
+    """``task(*args)`` with a batch's prepared ``unrolls`` adopted first: its forward passes find them in whichever
+    thread runs it."""
+    adopt(unrolls)
+    return task(*args)
 
 
 def _joined(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

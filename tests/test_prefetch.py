@@ -1,5 +1,6 @@
-"""Replay batches drawn one step ahead in a worker thread (``agents.prefetch``): the same draws in the same order,
-so DDPG/TD3's gradient steps reach the same parameters bit for bit; two threads in all while it runs."""
+"""The update's helper thread (``agents.prefetch``): the next replay batch, the target pass and the critic's view
+run there in the order handed over, so DDPG/TD3's gradient steps reach the same parameters bit for bit; two
+threads in all while it runs."""
 from __future__ import annotations
 
 import copy
@@ -11,36 +12,41 @@ import torch
 from stable_baselines3.common.logger import configure
 
 from agents.algorithms import make_agent
-from agents.prefetch import prefetch_default, prefetched
+from agents.prefetch import helper_thread, prefetch_default
 from agmc_env.testing import tiny_env
 
 
-def test_prefetched_yields_the_plain_loops_results_in_order_drawn_ahead_in_one_worker():
-    calls, threads_seen = [], []
+@pytest.mark.parametrize("enabled", [True, False])
+def test_tasks_run_in_the_order_handed_over_in_one_worker_or_at_once(enabled):
+    calls, seen = [], []
 
-    def draw():
-        calls.append(len(calls))
-        threads_seen.append((threading.current_thread().name, torch.get_num_threads()))
-        return calls[-1]
+    def task(i):
+        def run_it():
+            calls.append(i)
+            seen.append((threading.current_thread().name, torch.get_num_threads()))
+            return i
+        return run_it
 
     before = torch.get_num_threads()
-    items = prefetched(draw, 4)
-    assert next(items) == 0
-    assert torch.get_num_threads() == 1  # the caller's intra-op pool, while the worker draws
-    assert list(items) == [1, 2, 3] and calls == [0, 1, 2, 3]  # no draw beyond the count
-    assert torch.get_num_threads() == before
-    assert {name for name, _ in threads_seen} == {threads_seen[0][0]} != {threading.current_thread().name}
-    assert list(prefetched(draw, 0)) == []
+    with helper_thread(enabled) as run:
+        futures = [run(task(i)) for i in range(4)]
+        assert torch.get_num_threads() == (1 if enabled else before)  # the caller's pool, while the helper works
+        assert [f.result() for f in futures] == [0, 1, 2, 3]
+    assert calls == [0, 1, 2, 3] and torch.get_num_threads() == before
+    names = {name for name, _ in seen}
+    assert (names == {threading.current_thread().name}) != enabled and len(names) == 1
 
 
-def test_an_error_in_a_draw_is_raised_where_its_result_is_taken_and_threads_are_restored():
+@pytest.mark.parametrize("enabled", [True, False])
+def test_an_error_in_a_task_is_raised_where_its_result_is_taken_and_threads_are_restored(enabled):
     before = torch.get_num_threads()
 
-    def draw():
+    def broken():
         raise ValueError("broken buffer")
 
     with pytest.raises(ValueError, match="broken buffer"):
-        list(prefetched(draw, 3))
+        with helper_thread(enabled) as run:
+            run(broken).result()
     assert torch.get_num_threads() == before
 
 
@@ -81,7 +87,7 @@ def test_agents_prefetch_by_default_with_the_plain_graph_encoder_only(embedding,
 
 @pytest.mark.parametrize("algo, embedding, imitation", [("ddpg", "gnn", 2.0), ("td3", "gnn", 0.0),
                                                          ("ddpg", "gnn-lstm", 2.0), ("ddpg", "amc", 2.0)])
-def test_prefetched_gradient_steps_are_the_plain_loops_bit_for_bit(algo, embedding, imitation):
+def test_gradient_steps_with_a_helper_are_the_plain_loops_bit_for_bit(algo, embedding, imitation):
     env = tiny_env()
     T = env.unwrapped.num_decisions
     model = make_agent(algo, env, embedding=embedding, episodes=8, warmup=4, seed=0, batch_size=8,

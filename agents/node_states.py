@@ -156,15 +156,18 @@ class NodeStates:
         return global_ids.t()
 
     def _lookup(self, layer: int, keys: torch.Tensor, node: torch.Tensor, payload: torch.Tensor) -> torch.Tensor:
-        """Global ids of distinct states given as byte rows ``keys``; the new ones are appended (in order)."""
-        table, before = self._keys[layer], len(self._keys[layer])
-        raw, width = keys.cpu().numpy().tobytes(), keys.shape[1]
-        found = torch.tensor([table.setdefault(raw[i * width:(i + 1) * width], len(table)) for i in range(len(keys))],
-                             dtype=torch.long, device=node.device)
-        new = found >= before  # new ids are before, before + 1, … in the order met
+        """Global ids of distinct states given as byte rows ``keys``; the new ones get the next ids, in order."""
+        table = self._keys[layer]
+        rows = keys.cpu().numpy()
+        rows = rows.view(f"V{rows.shape[1]}").ravel().tolist()  # one bytes object per row, made in C
+        found = list(map(table.get, rows))
+        new = [i for i, f in enumerate(found) if f is None]
+        for i in new:
+            found[i] = table[rows[i]] = len(table)
+        new = torch.tensor(new, dtype=torch.long, device=node.device)
         self._node[layer].append(node[new])
         (self._x if layer == 0 else self._parents[layer]).append(payload[new])
-        return found
+        return torch.tensor(found, dtype=torch.long, device=node.device)
 
     def unroll(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]], torch.Tensor]:
         """The distinct states behind last-layer ids [B, N], numbered locally: (input rows [U_0, F]; per layer

@@ -12,6 +12,7 @@ import torch
 from stable_baselines3.common.logger import configure
 
 from agents.algorithms import make_agent
+from agents.extractors import _Unrolled
 from agents.prefetch import helper_thread, prefetch_default
 from agmc_env.testing import tiny_env
 
@@ -109,3 +110,34 @@ def test_gradient_steps_with_a_helper_are_the_plain_loops_bit_for_bit(algo, embe
     (plain, baseline, draw), (ahead, baseline_ahead, draw_ahead) = results
     assert all(torch.equal(plain[k], ahead[k]) for k in plain)
     assert baseline == baseline_ahead and draw == draw_ahead  # the same draws: the RNG ends where it did
+
+
+@pytest.mark.parametrize("helper", [False, True])
+def test_every_forward_pass_of_a_step_reuses_the_unroll_its_draw_made(helper):
+    env = tiny_env()
+    model = make_agent("ddpg", env, embedding="gnn", episodes=8, warmup=4, seed=0, batch_size=8, self_imitation=2.0)
+    model.learn(total_timesteps=4 * env.unwrapped.num_decisions)
+    model.set_logger(configure(None, []))
+    model.prefetch_batches = helper
+    draws, unrolls = [], []
+    draw, init = model._draw, _Unrolled.__init__
+
+    def counted_draw(*args):
+        draws.append(1)
+        return draw(*args)
+
+    def counted_init(self, *args, **kwargs):
+        unrolls.append(args[-1] if len(args) == 6 else kwargs.get("rows"))
+        init(self, *args, **kwargs)
+
+    model._draw = counted_draw
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        _Unrolled.__init__ = counted_init
+        model.train(gradient_steps=5, batch_size=8)
+    finally:
+        _Unrolled.__init__ = init
+        torch.set_num_threads(before)
+    # one unroll per draw, of the stored rows: the targets, the critic, the actor and the critic's view all found it
+    assert len(unrolls) == len(draws) > 0 and all(rows is not None for rows in unrolls)

@@ -159,8 +159,7 @@ class _Topology:
         self.neighbours = torch.where(self.valid, col[at], 0)
         self.padded = torch.where(self.valid, self.neighbours, N)  # empty slots → row N: zeros appended to the ids
         self.weights = torch.where(self.valid, self.adj.values()[at], 0)
-
-        self._states: dict[int, NodeStates] = {}
+        self._states: dict[int, NodeStates] = {}  # by graph layers: see node_states()
 
     def matches(self, obs: dict[str, torch.Tensor]) -> bool:
         return all(torch.equal(obs[k][0], v) for k, v in self.key.items())
@@ -170,14 +169,14 @@ class _Topology:
         same graph (actor, critic and their targets): each state is interned once."""
         if layers not in self._states:
             with _NODE_STATES_LOCK:
-                found = [states for topo, states in _NODE_STATES if states.layers == layers
-                         and topo.adj.device == self.adj.device and topo.adj.dtype == self.adj.dtype
-                         and self.same_graph(topo)]
-                if not found:
-                    found = [NodeStates(self.padded, self.valid, self.weights, layers)]
-                    _NODE_STATES.insert(0, (self, found[0]))
+                states = next((states for topo, states in _NODE_STATES if states.layers == layers
+                               and topo.adj.device == self.adj.device and topo.adj.dtype == self.adj.dtype
+                               and self.same_graph(topo)), None)
+                if states is None:
+                    states = NodeStates(self.padded, self.valid, self.weights, layers)
+                    _NODE_STATES.insert(0, (self, states))
                     del _NODE_STATES[4:]  # the graphs met most recently
-            self._states[layers] = found[0]
+            self._states[layers] = states
         return self._states[layers]
 
     def same_graph(self, other: _Topology) -> bool:

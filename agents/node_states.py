@@ -116,10 +116,11 @@ class NodeStates:
                 return self._intern(x)
             source, row, serial = rows
             row, serial = row.to(self.padded.device), serial.to(self.padded.device)
-            found = [entry for entry in self._stored if entry[0] == source]
-            _, ids, serials = found[0] if found else (source, serial.new_empty(0, len(self.padded)), serial[:0])
-            if len(row) and int(row.max()) >= len(serials):
-                grow = int(row.max()) + 1 - len(serials)
+            _, ids, serials = next((entry for entry in self._stored if entry[0] == source),
+                                   (source, serial.new_empty(0, len(self.padded)), serial[:0]))
+            needed = int(row.max()) + 1 if len(row) else 0
+            if needed > len(serials):  # capacity doubled: a filling buffer's rows arrive a few at a time
+                grow = max(needed, 2 * len(serials)) - len(serials)
                 serials = torch.cat([serials, serials.new_full((grow,), -1)])
                 ids = torch.cat([ids, ids.new_zeros(grow, ids.shape[1])])
             miss = (serials[row] != serial).nonzero().view(-1)

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"env": args.env, "algo": args.algo, "embedding": args.embedding, "self_imitation": weight,
                           "imitation_elites": elites, "episodes_in_buffer": args.episodes,
                           "machine": f"{cpu_name()} ({cpu_capability()})", "torch": torch.__version__,
-                          "threads": t, "prefetch": prefetch, "draws": draws, "train_s_median": round(statistics.median(times), 4),
+                          "threads": t, "prefetch": prefetch, "draws": draws,
+                          "train_s_median": round(statistics.median(times), 4),
                           "runs": [round(seconds, 4) for seconds in times]}))
 
 

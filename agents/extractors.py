@@ -150,14 +150,13 @@ class _Topology:
             owner = nn.functional.one_hot(self.key["node_decision"].long().clamp(0, T), T + 1)[:, 1:].to(x.dtype)
             self.owner_t = (owner * self.node_mask.unsqueeze(-1)).t().contiguous()  # [T, N]
             self.owner_count = self.owner_t.sum(1).clamp_min(1.0)  # [T]
-        # Â's rows as a padded neighbour table [N, D] (self-loop included): what _Unrolled keys layers by.
+        # Â's rows as a padded neighbour table [N, D] (self-loop included): what NodeStates keys layers by.
         crow, col = self.adj.crow_indices(), self.adj.col_indices()
         degree = crow.diff()
         slot = torch.arange(int(degree.max()) if N else 0, device=x.device)
         self.valid = slot < degree.unsqueeze(1)
         at = (crow[:-1].unsqueeze(1) + slot).clamp_max(max(len(col) - 1, 0))
-        self.neighbours = torch.where(self.valid, col[at], 0)
-        self.padded = torch.where(self.valid, self.neighbours, N)  # empty slots → row N: zeros appended to the ids
+        self.padded = torch.where(self.valid, col[at], N)  # empty slots → row N: a zero row appended to the ids
         self.weights = torch.where(self.valid, self.adj.values()[at], 0)
         self._states: dict[int, NodeStates] = {}  # by graph layers: see node_states()
 

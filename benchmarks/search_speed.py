@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--combos", help="comma-separated algo:embedding to run (default: all nine)")
     p.add_argument("--prefetch", choices=tuple(PREFETCH), default="auto",
                    help="DDPG/TD3 hand the next batch, the target pass and the critic's view to a helper thread "
-                        "(agents.prefetch); "
-                        "auto: with ≥ 2 torch threads on a CPU")
+                        "(agents.prefetch); auto: with ≥ 2 torch threads on a CPU")
     p.add_argument("--amp", choices=AMP_CHOICES,
                    help="the env's scoring precision (default: the env's own, amp='auto')")
     p.add_argument("--out", default=str(RESULTS / "search_speed.md"))

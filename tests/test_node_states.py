@@ -32,7 +32,7 @@ def _batch(states):
 def _fresh(layers: int = 2) -> tuple[NodeStates, torch.Tensor, torch.Tensor]:
     obs = _batch(_episode_states(0)[:1])
     topo = GraphEncoderExtractor(ENV.observation_space, layers=layers)._shared_topology(obs)
-    return NodeStates(topo.padded, topo.valid, topo.weights, layers), topo.neighbours, topo.valid
+    return NodeStates(topo.padded, topo.valid, topo.weights, layers), topo.padded, topo.valid
 
 
 def _brute_keys(x: torch.Tensor, neighbours: torch.Tensor, valid: torch.Tensor, layers: int) -> list[list]:
